@@ -1,0 +1,64 @@
+// Package idem is an embedded idempotency engine: it runs an operation once
+// per idempotency key and gives every retry of the key the original outcome,
+// as Stripe's Idempotency-Key and the IETF draft of the same name describe,
+// with no server to run. Records are stored in Pebble, so they survive
+// restarts and crashes.
+//
+// # Basics
+//
+// Open a directory, then wrap each operation in Do:
+//
+//	e, err := idem.Open(dir, nil)
+//	...
+//	res, err := e.Do(ctx, key, fingerprint, func(ctx context.Context) ([]byte, error) {
+//		return charge(ctx, req) // runs once per key
+//	})
+//
+// The key is the client's idempotency key (combined with what the server
+// knows of the client, so that two clients' keys never collide); the
+// fingerprint identifies the request's payload, so that a key reused for a
+// different request is refused with ErrFingerprintMismatch.
+//
+//   - The first call for a key runs fn and stores its value (Result.Replayed
+//     is false).
+//   - Later calls with the same fingerprint get the stored value back
+//     (Replayed is true) until the record expires, Options.TTL after it was
+//     stored (24 hours by default).
+//   - Calls for a key whose fn is running wait for its outcome and share it,
+//     or fail fast with ErrInFlight under Options.NoWait.
+//   - An error from fn stores nothing: the key is released and the next call
+//     runs fn again. Wrap an error with Permanent to store it as the outcome.
+//   - A panic in fn releases the key and reaches the caller.
+//
+// # Durability and crashes
+//
+// Under SyncAll (the default) a durable in-flight marker is written before fn
+// runs, and the result is durable before Do returns. After a crash, a key
+// whose fn was running reports ErrInterrupted, and Interrupted lists it: its
+// side effects may or may not have happened, so the engine does not guess.
+// Reconcile such keys and call Forget (or set Options.RetryInterrupted where
+// fn can tell for itself). Each Open advances an epoch stored in the
+// directory, which tells an earlier process's markers from this one's.
+// SyncResult and SyncNone trade some of this for speed; see Durability.
+//
+// # Expiry
+//
+// An expired record is invisible at once. A background sweeper (every
+// Options.SweepInterval) deletes expired records through a time-ordered index,
+// and Pebble's compactions turn the deletions into free disk space. Sweep
+// runs one now.
+//
+// # Caveats
+//
+//   - Exactly once holds within one directory, which one Engine at a time can
+//     have open (another Open returns ErrLocked). Two processes on two
+//     directories coordinate nothing.
+//   - fn's side effects outside the engine are fn's business: the engine
+//     guarantees that fn is not called twice for a key, not that a
+//     half-finished fn is undone.
+//   - Pebble treats a failed write or fsync of its log as fatal: it calls its
+//     logger's Fatalf, which the engine implements by logging the error and
+//     panicking. The process stops; results that Do returned are on disk, and
+//     keys whose fn was running report ErrInterrupted after the next Open.
+//   - Close waits for calls in progress, fn included.
+package idem

@@ -1,0 +1,676 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"iter"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+)
+
+// Errors returned by the engine. Match them with errors.Is: the engine may
+// wrap them with details.
+var (
+	// ErrClosed is returned by calls on a closed Engine.
+	ErrClosed = errors.New("idem: engine closed")
+	// ErrNotFound is returned by Lookup for a key with no record, or an
+	// expired one.
+	ErrNotFound = errors.New("idem: record not found")
+	// ErrInvalidKey is returned for an empty key or one longer than
+	// Options.MaxKeySize.
+	ErrInvalidKey = errors.New("idem: invalid key")
+	// ErrTooLarge is returned when fn's value, or the message of its
+	// Permanent error, is longer than Options.MaxValueSize. Nothing is
+	// stored and the key is released, as for any error of fn.
+	ErrTooLarge = errors.New("idem: value too large")
+	// ErrFingerprintMismatch is returned when a key is used again with a
+	// different fingerprint: the key was reused for a different request.
+	// fn does not run. (HTTP: 422.)
+	ErrFingerprintMismatch = errors.New("idem: key reused with a different fingerprint")
+	// ErrInFlight is returned when the key's fn is running in another call
+	// and this call does not wait for it: with Options.NoWait, or when the
+	// waiting call's context ends (the error then matches the context's
+	// error too). (HTTP: 409.)
+	ErrInFlight = errors.New("idem: a call for this key is in flight")
+	// ErrInterrupted is returned for a key whose fn was running when an
+	// earlier process stopped: its outcome is unknown, so fn does not run
+	// again (unless Options.RetryInterrupted). Reconcile the key, then call
+	// Forget to let the next call run fn. (HTTP: 409.)
+	ErrInterrupted = errors.New("idem: an earlier run of this key was interrupted; its outcome is unknown")
+	// ErrLocked is returned by Open when another Engine, in this process or
+	// another, has the directory open.
+	ErrLocked = errors.New("idem: directory in use")
+	// ErrCorrupt is returned for a stored record that cannot be decoded. It
+	// concerns that key only.
+	ErrCorrupt = errors.New("idem: corrupt record")
+)
+
+// Result is the outcome of a Do call.
+type Result struct {
+	// Value is fn's value. It is owned by the caller.
+	Value []byte
+	// Replayed is true when fn did not run for this call: the value is a
+	// stored result, or that of a concurrent call for the same key.
+	Replayed bool
+	// CreatedAt is when the result was stored.
+	CreatedAt time.Time
+	// ExpiresAt is when the result expires.
+	ExpiresAt time.Time
+}
+
+// PermanentError is an error of fn that is stored and replayed like a value.
+// Do returns it when fn returned Permanent(err): wrapping err itself for the
+// call that ran fn, and an error with err's message for every replay.
+type PermanentError struct {
+	Err error
+}
+
+// Error returns the message of the wrapped error.
+func (e *PermanentError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks an error returned by fn as the operation's outcome: its
+// message is stored and replayed to every later call for the key, like a
+// value. Without it, an error releases the key and the next call runs fn
+// again. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PermanentError{Err: err}
+}
+
+// errNilFn is returned by Do when fn is nil.
+var errNilFn = errors.New("idem: Do called with a nil fn")
+
+// panicError is what waiting duplicates get when fn panicked; the panic
+// itself reaches the caller whose fn panicked.
+type panicError struct {
+	value any
+}
+
+func (p *panicError) Error() string {
+	return fmt.Sprintf("idem: fn panicked in a concurrent call for this key: %v", p.value)
+}
+
+// errGoexit is what waiting duplicates get when fn called runtime.Goexit.
+var errGoexit = errors.New("idem: fn called runtime.Goexit in a concurrent call for this key")
+
+// An inFlightError is returned to a caller that stopped waiting for a
+// concurrent call because its context ended: it matches ErrInFlight and the
+// context's error.
+type inFlightError struct {
+	ctxErr error
+}
+
+func (e *inFlightError) Error() string {
+	return ErrInFlight.Error() + ": " + e.ctxErr.Error()
+}
+
+func (e *inFlightError) Unwrap() []error { return []error{ErrInFlight, e.ctxErr} }
+
+// Engine is an idempotency engine on a Pebble database. Its methods are safe
+// for concurrent use.
+type Engine struct {
+	opts   Options
+	logger *slog.Logger
+	db     *pebble.DB
+	lock   *pebble.Lock
+	store  store
+	locks  lockTable
+	epoch  uint64
+	ttl    int64 // opts.TTL in nanoseconds
+
+	// state counts the calls in progress, with closedBit set once Close has
+	// begun. drained is closed when the count falls to zero after that.
+	state     atomic.Int64
+	drainOnce sync.Once
+	drained   chan struct{}
+	closed    chan struct{} // closed when Close has finished
+	closeErr  error         // Close's result; read after closed is closed
+
+	stopSweeper context.CancelFunc
+	sweeperDone sync.WaitGroup
+	sweepMu     sync.Mutex // one sweep at a time
+
+	stats counters
+}
+
+const closedBit = 1 << 62
+
+// Open opens the engine's database in dir, creating it if needed. A nil opts
+// means the defaults. Only one Engine can have a directory open at a time:
+// another Open of it, from this process or another, returns an error that
+// matches ErrLocked.
+//
+// Each Open advances the directory's epoch, so that in-flight markers left by
+// earlier processes are told apart from this one's: their keys report
+// ErrInterrupted.
+func Open(dir string, opts *Options) (*Engine, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := o.FS.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	lock, err := pebble.LockDirectory(dir, o.FS)
+	if err != nil {
+		if isLockConflict(err) {
+			return nil, fmt.Errorf("%w: %s is open in another Engine or process", ErrLocked, dir)
+		}
+		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	po := &pebble.Options{
+		FS:                 o.FS,
+		Lock:               lock,
+		CacheSize:          o.CacheSize,
+		FormatMajorVersion: pebble.FormatValueSeparation,
+		Logger:             pebbleLogger{o.Logger},
+	}
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	e := &Engine{
+		opts:    o,
+		logger:  o.Logger,
+		db:      db,
+		lock:    lock,
+		store:   store{db: db},
+		ttl:     int64(o.TTL),
+		drained: make(chan struct{}),
+		closed:  make(chan struct{}),
+	}
+	e.locks.init()
+	if e.epoch, err = e.store.openMeta(); err != nil {
+		db.Close()
+		lock.Close()
+		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stopSweeper = cancel
+	if o.SweepInterval > 0 {
+		e.sweeperDone.Add(1)
+		go e.sweeper(ctx, o.SweepInterval)
+	}
+	return e, nil
+}
+
+// isLockConflict reports whether err from pebble.LockDirectory means that
+// the lock is held, rather than that the lock file could not be made.
+func isLockConflict(err error) bool {
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) {
+		return false // creating the LOCK file failed
+	}
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) ||
+		strings.Contains(err.Error(), "lock held by current process")
+}
+
+// enter registers a call in progress; it returns false once Close has begun.
+// Every successful enter is paired with exit.
+func (e *Engine) enter() bool {
+	if e.state.Add(1)&closedBit != 0 {
+		e.exit()
+		return false
+	}
+	return true
+}
+
+func (e *Engine) exit() {
+	if e.state.Add(-1) == closedBit {
+		e.drainOnce.Do(func() { close(e.drained) })
+	}
+}
+
+func (e *Engine) now() int64 { return e.opts.Now().UnixNano() }
+
+func (e *Engine) checkKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if len(key) > e.opts.MaxKeySize {
+		return fmt.Errorf("%w: key of %d bytes is longer than MaxKeySize %d", ErrInvalidKey, len(key), e.opts.MaxKeySize)
+	}
+	return nil
+}
+
+// Do runs fn once for key and stores its outcome, or returns the outcome
+// stored by an earlier call with the same key.
+//
+//   - The first call for a key runs fn. A value is stored, with Replayed
+//     false; so is the error of fn if it is Permanent(err).
+//   - A later call with the same fingerprint gets the stored outcome back,
+//     with Replayed true, in this process or after a restart, until the
+//     record expires.
+//   - A call while fn runs for the key in another call waits for that call's
+//     outcome and shares it (Replayed true), or returns ErrInFlight at once
+//     with Options.NoWait. A call whose ctx ends while it waits returns an
+//     error matching both ErrInFlight and ctx.Err().
+//   - A call whose fingerprint differs from the stored or running one
+//     returns ErrFingerprintMismatch. Fingerprints compare exactly; nil
+//     equals empty.
+//   - If fn returns an error that is not Permanent, nothing is stored: the
+//     error is returned (to the calls waiting, too) and the next call runs
+//     fn again. So it is if fn panics: the panic reaches this caller, and
+//     waiting calls get an error saying that fn panicked.
+//   - A key whose fn was cut off by a crash returns ErrInterrupted.
+//
+// fn runs with ctx. ctx ending while fn runs is fn's business: if fn then
+// returns an error, that error releases the key like any other.
+func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func(ctx context.Context) ([]byte, error)) (Result, error) {
+	if fn == nil {
+		return Result{}, errNilFn
+	}
+	if err := e.checkKey(key); err != nil {
+		return Result{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	if !e.enter() {
+		return Result{}, ErrClosed
+	}
+	defer e.exit()
+	e.stats.calls.Add(1)
+
+	fp := digest(fingerprint)
+	c := newLeaderCall(fp)
+	for {
+		owner, ok := e.locks.acquire(key, c)
+		if ok {
+			return e.lead(ctx, key, c, fn)
+		}
+		res, err, retry := e.follow(ctx, owner, fp)
+		if !retry {
+			return res, err
+		}
+	}
+}
+
+// lead handles a call that owns its key: it reads the record, replays it or
+// claims the key and runs fn, and releases the key with the outcome.
+func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.Context) ([]byte, error)) (Result, error) {
+	rec, found, err := e.store.get(key)
+	if err != nil {
+		return e.finish(key, c, outcome{share: true, err: err})
+	}
+	now := e.now()
+	var oldExpires int64 // the index entry of the record being replaced, if any
+	if found && rec.expired(now) {
+		found = false
+		oldExpires = rec.expires
+	}
+	if found {
+		if rec.fp != c.fp {
+			e.stats.mismatches.Add(1)
+			return e.finish(key, c, outcome{share: true, err: ErrFingerprintMismatch})
+		}
+		switch rec.state {
+		case StateCompleted:
+			e.stats.replays.Add(1)
+			return e.finish(key, c, outcome{share: true, res: rec.result(true)})
+		case StateFailed:
+			e.stats.replays.Add(1)
+			return e.finish(key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.errMsg)}})
+		default:
+			// An in-flight marker, found by the key's owner: either an
+			// earlier process's (an earlier epoch), or one of this
+			// process whose call could not store its outcome. Either way
+			// fn's outcome is unknown.
+			e.stats.interrupted.Add(1)
+			if !e.opts.RetryInterrupted {
+				return e.finish(key, c, outcome{share: true, err: ErrInterrupted})
+			}
+			oldExpires = rec.expires
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		// This caller gave up; followers retry with their own contexts.
+		return e.finish(key, c, outcome{err: err})
+	}
+
+	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: now + e.ttl}
+	if err := e.store.put(key, &marker, oldExpires, e.opts.Durability == SyncAll); err != nil {
+		return e.finish(key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)})
+	}
+	close(c.running)
+	e.stats.executions.Add(1)
+	return e.execute(ctx, key, c, &marker, fn)
+}
+
+// execute runs fn for a claimed key and stores its outcome.
+func (e *Engine) execute(ctx context.Context, key string, c *call, marker *record, fn func(context.Context) ([]byte, error)) (Result, error) {
+	normal := false
+	defer func() {
+		if normal {
+			return
+		}
+		// fn panicked or called runtime.Goexit: release the key, tell the
+		// followers, and let the panic (or the Goexit) go on.
+		r := recover()
+		e.release(key, marker)
+		var err error = errGoexit
+		if r != nil {
+			err = &panicError{value: r}
+		}
+		e.finish(key, c, outcome{share: true, err: err})
+		if r != nil {
+			panic(r)
+		}
+	}()
+	v, fnErr := fn(ctx)
+	normal = true
+
+	var perm *PermanentError
+	switch {
+	case fnErr != nil && !errors.As(fnErr, &perm):
+		e.release(key, marker)
+		return e.finish(key, c, outcome{share: true, err: fnErr})
+	case fnErr != nil && len(fnErr.Error()) > e.opts.MaxValueSize:
+		e.release(key, marker)
+		return e.finish(key, c, outcome{share: true, err: fmt.Errorf("%w: Permanent error message of %d bytes is above MaxValueSize %d", ErrTooLarge, len(fnErr.Error()), e.opts.MaxValueSize)})
+	case fnErr == nil && len(v) > e.opts.MaxValueSize:
+		e.release(key, marker)
+		return e.finish(key, c, outcome{share: true, err: fmt.Errorf("%w: value of %d bytes is above MaxValueSize %d", ErrTooLarge, len(v), e.opts.MaxValueSize)})
+	}
+
+	now := e.now()
+	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: now, expires: now + e.ttl, value: v}
+	if fnErr != nil {
+		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
+	}
+	// The key stays claimed until this commit has returned: Pebble makes a
+	// synced commit visible before its fsync ends, and no duplicate may be
+	// answered from a record that is not yet durable.
+	if err := e.store.put(key, &rec, marker.expires, e.opts.Durability != SyncNone); err != nil {
+		// The marker stays: fn ran, but its outcome is not stored, so the
+		// key reports ErrInterrupted from now on.
+		return e.finish(key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)})
+	}
+	return e.finish(key, c, outcome{share: true, res: rec.result(false), err: fnErr})
+}
+
+// release deletes the in-flight marker of a call whose fn failed. If that
+// fails, the marker stays and the key reports ErrInterrupted: safe, since
+// the outcome is then unknown to later calls.
+func (e *Engine) release(key string, marker *record) {
+	if err := e.store.remove(key, marker.expires, false); err != nil {
+		e.logger.Error("idem: releasing a key failed; it will report ErrInterrupted", "error", err)
+	}
+}
+
+// finish releases c's key, hands out to its followers, and returns out's
+// result and error to c's own caller.
+func (e *Engine) finish(key string, c *call, out outcome) (Result, error) {
+	e.locks.release(key, c, out)
+	return out.res, out.err
+}
+
+// follow waits for the owner c of a key. It returns the outcome to share, or
+// retry true when the caller must try to own the key again: the owner was
+// not a Do leader with the same fingerprint, or it left nothing to share.
+func (e *Engine) follow(ctx context.Context, c *call, fp fingerprint) (res Result, err error, retry bool) {
+	running := c.running // nil for maintenance claims: never ready
+	select {
+	case <-c.done:
+	default:
+		e.stats.waits.Add(1)
+	wait:
+		for {
+			select {
+			case <-c.done:
+				break wait
+			case <-running:
+				running = nil
+				select {
+				case <-c.done:
+					break wait
+				default:
+				}
+				// fn is running for the key.
+				if c.fp != fp {
+					e.stats.mismatches.Add(1)
+					return Result{}, ErrFingerprintMismatch, false
+				}
+				if e.opts.NoWait {
+					e.stats.conflicts.Add(1)
+					return Result{}, ErrInFlight, false
+				}
+			case <-ctx.Done():
+				e.stats.conflicts.Add(1)
+				return Result{}, &inFlightError{ctxErr: ctx.Err()}, false
+			}
+		}
+	}
+	out := &c.out
+	if c.maint || !out.share || c.fp != fp {
+		return Result{}, nil, true
+	}
+	res = out.res
+	res.Value = cloneBytes(res.Value)
+	if !res.CreatedAt.IsZero() {
+		// A stored outcome: a value, or a Permanent error.
+		res.Replayed = true
+		e.stats.replays.Add(1)
+	}
+	return res, out.err, false
+}
+
+// result returns the Result a record stands for.
+func (r *record) result(replayed bool) Result {
+	return Result{
+		Value:     r.value,
+		Replayed:  replayed,
+		CreatedAt: time.Unix(0, r.created),
+		ExpiresAt: time.Unix(0, r.expires),
+	}
+}
+
+// Lookup returns key's record, or ErrNotFound if it has none or it expired.
+func (e *Engine) Lookup(key string) (Record, error) {
+	if err := e.checkKey(key); err != nil {
+		return Record{}, err
+	}
+	if !e.enter() {
+		return Record{}, ErrClosed
+	}
+	defer e.exit()
+	rec, found, err := e.store.get(key)
+	if err != nil {
+		return Record{}, err
+	}
+	if !found || rec.expired(e.now()) {
+		return Record{}, ErrNotFound
+	}
+	return e.publicRecord(key, &rec), nil
+}
+
+func (e *Engine) publicRecord(key string, r *record) Record {
+	state := r.state
+	if state == StateInFlight && r.epoch != e.epoch {
+		state = StateInterrupted
+	}
+	return Record{
+		Key:       key,
+		State:     state,
+		CreatedAt: time.Unix(0, r.created),
+		ExpiresAt: time.Unix(0, r.expires),
+		Value:     r.value,
+		Err:       r.errMsg,
+	}
+}
+
+// Forget deletes key's record, so that the next Do for it runs fn. It is the
+// way to release a key that reports ErrInterrupted once its outcome has been
+// reconciled. Forgetting a key with no record does nothing. A key whose fn
+// is running in this process cannot be forgotten: Forget returns ErrInFlight.
+func (e *Engine) Forget(key string) error {
+	if err := e.checkKey(key); err != nil {
+		return err
+	}
+	if !e.enter() {
+		return ErrClosed
+	}
+	defer e.exit()
+	c := newMaintCall()
+	for {
+		owner, ok := e.locks.tryAcquire(key, c)
+		if ok {
+			break
+		}
+		if !owner.maint {
+			return ErrInFlight
+		}
+		<-owner.done // a sweep or another Forget: brief, no user code
+	}
+	defer e.locks.releaseAll([]string{key}, c)
+	rec, found, err := e.store.get(key)
+	if errors.Is(err, ErrCorrupt) {
+		// A corrupt record can be forgotten; its index entry, whose expiry
+		// is unknown, is left to the sweeper, which drops stale entries.
+		return e.store.remove(key, 0, e.opts.Durability != SyncNone)
+	}
+	if err != nil || !found {
+		return err
+	}
+	return e.store.remove(key, rec.expires, e.opts.Durability != SyncNone)
+}
+
+// interruptedChunk is how many records Interrupted reads per iterator, so
+// that it holds no Pebble iterator while the caller's loop body runs.
+const interruptedChunk = 256
+
+// Interrupted returns the records left in flight by earlier processes: keys
+// whose fn was running when a process stopped, and whose outcome is unknown.
+// They report ErrInterrupted until they expire or are forgotten. The
+// sequence yields them in key order; a record that cannot be decoded is
+// yielded with an error matching ErrCorrupt, and iteration goes on. Records
+// that change during the iteration may or may not be seen.
+func (e *Engine) Interrupted() iter.Seq2[Record, error] {
+	return func(yield func(Record, error) bool) {
+		var after []byte
+		for {
+			var chunk []Record
+			var errs []error
+			if !e.enter() {
+				yield(Record{}, ErrClosed)
+				return
+			}
+			now := e.now()
+			next, err := e.store.scanRecords(after, interruptedChunk, func(key string, rec record, err error) {
+				if err != nil {
+					chunk, errs = append(chunk, Record{Key: key}), append(errs, err)
+					return
+				}
+				if rec.state == StateInFlight && rec.epoch != e.epoch && !rec.expired(now) {
+					chunk, errs = append(chunk, e.publicRecord(key, &rec)), append(errs, nil)
+				}
+			})
+			e.exit()
+			for i := range chunk {
+				if !yield(chunk[i], errs[i]) {
+					return
+				}
+			}
+			if err != nil {
+				yield(Record{}, fmt.Errorf("idem: listing interrupted records: %w", err))
+				return
+			}
+			if next == nil {
+				return
+			}
+			after = next
+		}
+	}
+}
+
+// Sweep removes the records that have expired, now, and returns how many it
+// removed. The background sweeper does the same every Options.SweepInterval.
+// Expired records are invisible whether or not they have been swept; Sweep
+// frees their space. It stops early, with ctx's error, when ctx ends.
+func (e *Engine) Sweep(ctx context.Context) (int, error) {
+	if !e.enter() {
+		return 0, ErrClosed
+	}
+	defer e.exit()
+	return e.sweep(ctx)
+}
+
+// Stats are counters of an Engine's activity since Open.
+type Stats struct {
+	Calls       uint64 // Do calls that passed validation
+	Executions  uint64 // times fn was called
+	Replays     uint64 // calls answered with a stored outcome or a concurrent call's
+	Waits       uint64 // calls that waited for a concurrent call of the same key
+	Conflicts   uint64 // calls that returned ErrInFlight
+	Mismatches  uint64 // calls that returned ErrFingerprintMismatch
+	Interrupted uint64 // calls that met a key left in flight by a crash
+	Swept       uint64 // expired records removed by sweeps
+	DiskUsage   uint64 // bytes Pebble uses on disk (0 once closed)
+}
+
+type counters struct {
+	calls, executions, replays, waits, conflicts, mismatches, interrupted, swept atomic.Uint64
+}
+
+// Stats returns the engine's counters. It takes no lock that Do takes.
+func (e *Engine) Stats() Stats {
+	s := Stats{
+		Calls:       e.stats.calls.Load(),
+		Executions:  e.stats.executions.Load(),
+		Replays:     e.stats.replays.Load(),
+		Waits:       e.stats.waits.Load(),
+		Conflicts:   e.stats.conflicts.Load(),
+		Mismatches:  e.stats.mismatches.Load(),
+		Interrupted: e.stats.interrupted.Load(),
+		Swept:       e.stats.swept.Load(),
+	}
+	if e.enter() {
+		s.DiskUsage = e.db.Metrics().DiskSpaceUsage()
+		e.exit()
+	}
+	return s
+}
+
+// Close closes the engine. New calls return ErrClosed from the moment Close
+// begins; calls in progress, fn included, are waited for, so that every
+// outcome is stored. Then the background sweeper stops and the database is
+// closed. Close returns nil when called again.
+func (e *Engine) Close() error {
+	if e.state.Or(closedBit)&closedBit != 0 {
+		<-e.closed
+		return nil
+	}
+	e.stopSweeper()
+	if e.state.Load() == closedBit {
+		e.drainOnce.Do(func() { close(e.drained) })
+	}
+	<-e.drained
+	e.sweeperDone.Wait()
+	err := e.db.Close()
+	if lerr := e.lock.Close(); err == nil {
+		err = lerr
+	}
+	if err != nil {
+		e.closeErr = fmt.Errorf("idem: close: %w", err)
+	}
+	close(e.closed)
+	return e.closeErr
+}

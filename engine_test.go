@@ -1,0 +1,799 @@
+package idem_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math/rand"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemkv/idem"
+)
+
+// clock is a clock that tests move by hand.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *clock {
+	return &clock{now: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// open opens an engine on fs (a new MemFS if nil) in dir with o (defaults if
+// nil), with the background sweeper off unless o asks for it, and closes it
+// when the test ends.
+func open(t testing.TB, fs vfs.FS, dir string, o *idem.Options) *idem.Engine {
+	t.Helper()
+	var opts idem.Options
+	if o != nil {
+		opts = *o
+	}
+	if fs == nil {
+		fs = vfs.NewMem()
+	}
+	if opts.FS == nil {
+		opts.FS = fs
+	}
+	if opts.SweepInterval == 0 {
+		opts.SweepInterval = -1
+	}
+	e, err := idem.Open(dir, &opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// counter is an fn that counts its runs and returns the value v.
+type counter struct {
+	runs atomic.Int64
+}
+
+func (c *counter) fn(v string) func(context.Context) ([]byte, error) {
+	return func(context.Context) ([]byte, error) {
+		c.runs.Add(1)
+		return []byte(v), nil
+	}
+}
+
+// blocker is an fn that signals when it starts and returns what it is told
+// to when released.
+type blocker struct {
+	started chan struct{}
+	release chan struct{}
+	runs    atomic.Int64
+	value   []byte
+	err     error
+	panicV  any
+}
+
+func newBlocker(v string) *blocker {
+	return &blocker{started: make(chan struct{}), release: make(chan struct{}), value: []byte(v)}
+}
+
+func (b *blocker) fn(context.Context) ([]byte, error) {
+	if b.runs.Add(1) == 1 {
+		close(b.started)
+	}
+	<-b.release
+	if b.panicV != nil {
+		panic(b.panicV)
+	}
+	return b.value, b.err
+}
+
+type doResult struct {
+	res idem.Result
+	err error
+}
+
+// goDo runs Do in a goroutine and delivers its outcome on the channel.
+func goDo(ctx context.Context, e *idem.Engine, key string, fp []byte, fn func(context.Context) ([]byte, error)) <-chan doResult {
+	ch := make(chan doResult, 1)
+	go func() {
+		res, err := e.Do(ctx, key, fp, fn)
+		ch <- doResult{res, err}
+	}()
+	return ch
+}
+
+// waitFor returns the next outcome on ch, failing the test if none comes in
+// a long time (a hang guard, not a timing assertion).
+func waitFor(t testing.TB, ch <-chan doResult) doResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatal("Do did not return")
+		return doResult{}
+	}
+}
+
+func eventually(t testing.TB, cond func() bool, msg string) {
+	t.Helper()
+	require.Eventually(t, cond, 30*time.Second, time.Millisecond, msg)
+}
+
+func TestFirstCallRunsFnAndStoresItsValue(t *testing.T) {
+	clk := newClock()
+	e := open(t, nil, "db", &idem.Options{Now: clk.Now, TTL: time.Hour})
+	var c counter
+	res, err := e.Do(context.Background(), "k", []byte("fp"), c.fn("v1"))
+	require.NoError(t, err)
+	require.Equal(t, int64(1), c.runs.Load())
+	require.Equal(t, []byte("v1"), res.Value)
+	require.False(t, res.Replayed)
+	require.True(t, res.CreatedAt.Equal(clk.Now()))
+	require.True(t, res.ExpiresAt.Equal(clk.Now().Add(time.Hour)))
+
+	rec, err := e.Lookup("k")
+	require.NoError(t, err)
+	require.Equal(t, idem.Record{Key: "k", State: idem.StateCompleted, CreatedAt: res.CreatedAt, ExpiresAt: res.ExpiresAt, Value: []byte("v1")}, rec)
+}
+
+func TestRetryReplaysTheStoredValue(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	var c counter
+	first, err := e.Do(context.Background(), "k", []byte("fp"), c.fn("v1"))
+	require.NoError(t, err)
+	for range 3 {
+		res, err := e.Do(context.Background(), "k", []byte("fp"), c.fn("v2"))
+		require.NoError(t, err)
+		require.True(t, res.Replayed)
+		require.Equal(t, []byte("v1"), res.Value)
+		require.True(t, res.CreatedAt.Equal(first.CreatedAt))
+		require.True(t, res.ExpiresAt.Equal(first.ExpiresAt))
+	}
+	require.Equal(t, int64(1), c.runs.Load())
+}
+
+func TestRetryReplaysAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	var c counter
+	e, err := idem.Open(dir, &idem.Options{SweepInterval: -1})
+	require.NoError(t, err)
+	_, err = e.Do(context.Background(), "k", []byte("fp"), c.fn("v1"))
+	require.NoError(t, err)
+	require.NoError(t, e.Close())
+
+	e, err = idem.Open(dir, &idem.Options{SweepInterval: -1})
+	require.NoError(t, err)
+	defer e.Close()
+	res, err := e.Do(context.Background(), "k", []byte("fp"), c.fn("v2"))
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.Equal(t, []byte("v1"), res.Value)
+	require.Equal(t, int64(1), c.runs.Load())
+}
+
+func TestValuesAreOwnedByTheCaller(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	buf := []byte("original")
+	res, err := e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) { return buf, nil })
+	require.NoError(t, err)
+	copy(buf, "XXXXXXXX")       // fn's slice, changed after Do returned
+	copy(res.Value, "YYYYYYYY") // the same slice, returned to the caller
+	res, err = e.Do(context.Background(), "k", nil, (&counter{}).fn("other"))
+	require.NoError(t, err)
+	require.Equal(t, []byte("original"), res.Value)
+	copy(res.Value, "ZZZZZZZZ")
+	rec, err := e.Lookup("k")
+	require.NoError(t, err)
+	require.Equal(t, []byte("original"), rec.Value)
+}
+
+func TestNilAndEmptyValuesReplayAsReturned(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	ctx := context.Background()
+	_, err := e.Do(ctx, "nil", nil, func(context.Context) ([]byte, error) { return nil, nil })
+	require.NoError(t, err)
+	_, err = e.Do(ctx, "empty", nil, func(context.Context) ([]byte, error) { return []byte{}, nil })
+	require.NoError(t, err)
+	res, err := e.Do(ctx, "nil", nil, (&counter{}).fn("x"))
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.Nil(t, res.Value)
+	res, err = e.Do(ctx, "empty", nil, (&counter{}).fn("x"))
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.NotNil(t, res.Value)
+	require.Empty(t, res.Value)
+}
+
+func TestConcurrentDuplicatesWaitAndShareTheOutcome(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("shared")
+	leader := goDo(context.Background(), e, "k", []byte("fp"), b.fn)
+	<-b.started
+
+	const n = 16
+	var followers []<-chan doResult
+	for range n {
+		followers = append(followers, goDo(context.Background(), e, "k", []byte("fp"), b.fn))
+	}
+	eventually(t, func() bool { return e.Stats().Waits == n }, "followers did not wait")
+	close(b.release)
+
+	lr := waitFor(t, leader)
+	require.NoError(t, lr.err)
+	require.False(t, lr.res.Replayed)
+	require.Equal(t, []byte("shared"), lr.res.Value)
+	var values [][]byte
+	for _, f := range followers {
+		r := waitFor(t, f)
+		require.NoError(t, r.err)
+		require.True(t, r.res.Replayed)
+		require.Equal(t, []byte("shared"), r.res.Value)
+		require.True(t, r.res.CreatedAt.Equal(lr.res.CreatedAt))
+		values = append(values, r.res.Value)
+	}
+	require.Equal(t, int64(1), b.runs.Load())
+	// Each caller owns its value.
+	values[0][0] = 'X'
+	for _, v := range values[1:] {
+		require.Equal(t, []byte("shared"), v)
+	}
+	require.Equal(t, []byte("shared"), lr.res.Value)
+	st := e.Stats()
+	require.Equal(t, uint64(1), st.Executions)
+	require.Equal(t, uint64(n), st.Replays)
+}
+
+func TestWaiterWhoseContextEndsGetsErrInFlight(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("v")
+	leader := goDo(context.Background(), e, "k", nil, b.fn)
+	<-b.started
+
+	ctx, cancel := context.WithCancel(context.Background())
+	f := goDo(ctx, e, "k", nil, b.fn)
+	eventually(t, func() bool { return e.Stats().Waits == 1 }, "follower did not wait")
+	cancel()
+	r := waitFor(t, f)
+	require.ErrorIs(t, r.err, idem.ErrInFlight)
+	require.ErrorIs(t, r.err, context.Canceled)
+
+	ctx, cancel = context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	_, err := e.Do(ctx, "k", nil, b.fn)
+	require.ErrorIs(t, err, idem.ErrInFlight)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	close(b.release)
+	require.NoError(t, waitFor(t, leader).err)
+	require.Equal(t, int64(1), b.runs.Load())
+}
+
+func TestNoWaitFailsFastWhileFnRuns(t *testing.T) {
+	e := open(t, nil, "db", &idem.Options{NoWait: true})
+	b := newBlocker("v")
+	leader := goDo(context.Background(), e, "k", nil, b.fn)
+	<-b.started
+	// fn is blocked until release: a follower that waited would hang here.
+	r := waitFor(t, goDo(context.Background(), e, "k", nil, b.fn))
+	require.ErrorIs(t, r.err, idem.ErrInFlight)
+	require.Equal(t, uint64(1), e.Stats().Conflicts)
+	close(b.release)
+	require.NoError(t, waitFor(t, leader).err)
+
+	// Once stored, a duplicate replays, NoWait or not.
+	res, err := e.Do(context.Background(), "k", nil, b.fn)
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.Equal(t, int64(1), b.runs.Load())
+}
+
+func TestFingerprintMismatchOnACompletedKey(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	var c counter
+	_, err := e.Do(context.Background(), "k", []byte("payload A"), c.fn("v"))
+	require.NoError(t, err)
+	_, err = e.Do(context.Background(), "k", []byte("payload B"), c.fn("v"))
+	require.ErrorIs(t, err, idem.ErrFingerprintMismatch)
+	require.Equal(t, int64(1), c.runs.Load())
+	require.Equal(t, uint64(1), e.Stats().Mismatches)
+	// The record is untouched.
+	res, err := e.Do(context.Background(), "k", []byte("payload A"), c.fn("v"))
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+}
+
+func TestFingerprintMismatchWhileInFlight(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("v")
+	leader := goDo(context.Background(), e, "k", []byte("A"), b.fn)
+	<-b.started
+	r := waitFor(t, goDo(context.Background(), e, "k", []byte("B"), b.fn))
+	require.ErrorIs(t, r.err, idem.ErrFingerprintMismatch)
+	close(b.release)
+	require.NoError(t, waitFor(t, leader).err)
+	require.Equal(t, int64(1), b.runs.Load())
+}
+
+func TestFingerprintsCompareExactly(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	ctx := context.Background()
+	var c counter
+	long := bytes.Repeat([]byte("x"), 100)
+	sum := sha256.Sum256(long)
+	cases := []struct {
+		name       string
+		first, use []byte
+		match      bool
+	}{
+		{"nil equals empty", nil, []byte{}, true},
+		{"empty equals nil", []byte{}, nil, true},
+		{"short equal", []byte("abc"), []byte("abc"), true},
+		{"short prefix", []byte("abc"), []byte("ab"), false},
+		{"long equal", long, bytes.Clone(long), true},
+		{"long differs in last byte", long, append(bytes.Clone(long[:99]), 'y'), false},
+		{"long vs its SHA-256", long, sum[:], false},
+		{"31 vs 32 bytes", bytes.Repeat([]byte("a"), 31), bytes.Repeat([]byte("a"), 32), false},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			key := fmt.Sprint("k", i)
+			_, err := e.Do(ctx, key, tc.first, c.fn("v"))
+			require.NoError(t, err)
+			res, err := e.Do(ctx, key, tc.use, c.fn("v"))
+			if tc.match {
+				require.NoError(t, err)
+				require.True(t, res.Replayed)
+			} else {
+				require.ErrorIs(t, err, idem.ErrFingerprintMismatch)
+			}
+		})
+	}
+	require.Equal(t, int64(len(cases)), c.runs.Load())
+}
+
+func TestFnErrorStoresNothingAndReleasesTheKey(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	errDeclined := errors.New("card declined")
+	_, err := e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) { return nil, errDeclined })
+	require.ErrorIs(t, err, errDeclined)
+	_, err = e.Lookup("k")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+
+	var c counter
+	res, err := e.Do(context.Background(), "k", nil, c.fn("v"))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, int64(1), c.runs.Load())
+}
+
+func TestWaitingDuplicatesGetTheSameError(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("")
+	b.err = errors.New("upstream timeout")
+	leader := goDo(context.Background(), e, "k", nil, b.fn)
+	<-b.started
+	f := goDo(context.Background(), e, "k", nil, b.fn)
+	eventually(t, func() bool { return e.Stats().Waits == 1 }, "follower did not wait")
+	close(b.release)
+	require.ErrorIs(t, waitFor(t, leader).err, b.err)
+	r := waitFor(t, f)
+	require.ErrorIs(t, r.err, b.err)
+	require.False(t, r.res.Replayed, "nothing was stored, so nothing replayed")
+	require.Equal(t, int64(1), b.runs.Load())
+	_, err := e.Lookup("k")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+}
+
+func TestPermanentErrorIsStoredAndReplayed(t *testing.T) {
+	dir := t.TempDir()
+	e, err := idem.Open(dir, &idem.Options{SweepInterval: -1})
+	require.NoError(t, err)
+	errInsufficient := errors.New("insufficient funds")
+	var runs int
+	fn := func(context.Context) ([]byte, error) {
+		runs++
+		return nil, idem.Permanent(errInsufficient)
+	}
+	res, err := e.Do(context.Background(), "k", nil, fn)
+	require.ErrorIs(t, err, errInsufficient)
+	var perm *idem.PermanentError
+	require.ErrorAs(t, err, &perm)
+	require.False(t, res.Replayed)
+	require.False(t, res.CreatedAt.IsZero())
+
+	check := func(e *idem.Engine) {
+		res, err := e.Do(context.Background(), "k", nil, fn)
+		require.EqualError(t, err, "insufficient funds")
+		require.ErrorAs(t, err, &perm)
+		require.True(t, res.Replayed)
+		rec, err := e.Lookup("k")
+		require.NoError(t, err)
+		require.Equal(t, idem.StateFailed, rec.State)
+		require.Equal(t, "insufficient funds", rec.Err)
+		require.Nil(t, rec.Value)
+	}
+	check(e)
+	require.NoError(t, e.Close())
+	e, err = idem.Open(dir, &idem.Options{SweepInterval: -1})
+	require.NoError(t, err)
+	defer e.Close()
+	check(e)
+	require.Equal(t, 1, runs)
+	require.Nil(t, idem.Permanent(nil))
+}
+
+func TestPanicReleasesTheKeyAndReachesTheCaller(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("")
+	b.panicV = "boom"
+	caught := make(chan any, 1)
+	go func() {
+		defer func() { caught <- recover() }()
+		e.Do(context.Background(), "k", nil, b.fn)
+	}()
+	<-b.started
+	f := goDo(context.Background(), e, "k", nil, b.fn)
+	eventually(t, func() bool { return e.Stats().Waits == 1 }, "follower did not wait")
+	close(b.release)
+
+	require.Equal(t, "boom", <-caught)
+	r := waitFor(t, f)
+	require.Error(t, r.err)
+	require.Contains(t, r.err.Error(), "panicked")
+	require.Contains(t, r.err.Error(), "boom")
+	_, err := e.Lookup("k")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+
+	// The engine keeps working, and the key runs fn again.
+	var c counter
+	res, err := e.Do(context.Background(), "k", nil, c.fn("v"))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, int64(1), c.runs.Load())
+}
+
+func TestGoexitInFnReleasesTheKey(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.Do(context.Background(), "k", nil, func(ctx context.Context) ([]byte, error) {
+			b.fn(ctx)
+			runtime.Goexit()
+			return nil, nil
+		})
+	}()
+	<-b.started
+	f := goDo(context.Background(), e, "k", nil, b.fn)
+	eventually(t, func() bool { return e.Stats().Waits == 1 }, "follower did not wait")
+	close(b.release)
+	<-done
+	r := waitFor(t, f)
+	require.ErrorContains(t, r.err, "Goexit")
+	var c counter
+	_, err := e.Do(context.Background(), "k", nil, c.fn("v"))
+	require.NoError(t, err)
+	require.Equal(t, int64(1), c.runs.Load())
+}
+
+func TestExpiredRecordsAreInvisibleBeforeAnySweep(t *testing.T) {
+	clk := newClock()
+	e := open(t, nil, "db", &idem.Options{Now: clk.Now, TTL: time.Hour})
+	var c counter
+	_, err := e.Do(context.Background(), "k", nil, c.fn("v1"))
+	require.NoError(t, err)
+
+	clk.Advance(time.Hour - time.Nanosecond)
+	res, err := e.Do(context.Background(), "k", nil, c.fn("v2"))
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+
+	clk.Advance(time.Nanosecond)
+	_, err = e.Lookup("k")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+	res, err = e.Do(context.Background(), "k", nil, c.fn("v2"))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, []byte("v2"), res.Value)
+	require.Equal(t, int64(2), c.runs.Load())
+	require.Equal(t, uint64(0), e.Stats().Swept)
+
+	// An expired record does not refuse a different fingerprint either.
+	clk.Advance(time.Hour)
+	_, err = e.Do(context.Background(), "k", []byte("other"), c.fn("v3"))
+	require.NoError(t, err)
+}
+
+func TestBadInput(t *testing.T) {
+	ctx := context.Background()
+	e := open(t, nil, "db", &idem.Options{MaxKeySize: 8, MaxValueSize: 16})
+	var c counter
+
+	for _, key := range []string{"", "123456789"} {
+		_, err := e.Do(ctx, key, nil, c.fn("v"))
+		require.ErrorIs(t, err, idem.ErrInvalidKey)
+		_, err = e.Lookup(key)
+		require.ErrorIs(t, err, idem.ErrInvalidKey)
+		require.ErrorIs(t, e.Forget(key), idem.ErrInvalidKey)
+	}
+	_, err := e.Do(ctx, "12345678", nil, c.fn("v"))
+	require.NoError(t, err)
+
+	// Too large: nothing stored, key released.
+	_, err = e.Do(ctx, "big", nil, c.fn(strings.Repeat("x", 17)))
+	require.ErrorIs(t, err, idem.ErrTooLarge)
+	_, err = e.Lookup("big")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+	_, err = e.Do(ctx, "big", nil, func(context.Context) ([]byte, error) {
+		return nil, idem.Permanent(errors.New(strings.Repeat("e", 17)))
+	})
+	require.ErrorIs(t, err, idem.ErrTooLarge)
+	_, err = e.Lookup("big")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+	res, err := e.Do(ctx, "big", nil, c.fn(strings.Repeat("x", 16)))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+
+	// nil fn.
+	_, err = e.Do(ctx, "k", nil, nil)
+	require.Error(t, err)
+
+	// A done context: its error, nothing claimed.
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = e.Do(done, "k", nil, c.fn("v"))
+	require.ErrorIs(t, err, context.Canceled)
+	res, err = e.Do(ctx, "k", nil, c.fn("v"))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, int64(4), c.runs.Load())
+}
+
+func TestOpenRejectsInvalidOptions(t *testing.T) {
+	for name, o := range map[string]idem.Options{
+		"negative TTL":          {TTL: -time.Second},
+		"negative MaxKeySize":   {MaxKeySize: -1},
+		"negative MaxValueSize": {MaxValueSize: -1},
+		"huge MaxValueSize":     {MaxValueSize: 2 << 30},
+		"negative CacheSize":    {CacheSize: -1},
+		"unknown Durability":    {Durability: 7},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o.FS = vfs.NewMem()
+			_, err := idem.Open("db", &o)
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "idem: Options.")
+		})
+	}
+}
+
+func TestOpenDoesNotModifyTheCallersOptions(t *testing.T) {
+	o := idem.Options{FS: vfs.NewMem(), SweepInterval: -1}
+	want := o
+	e, err := idem.Open("db", &o)
+	require.NoError(t, err)
+	defer e.Close()
+	require.Equal(t, want.TTL, o.TTL)
+	require.Nil(t, o.Now)
+	require.Nil(t, o.Logger)
+	require.Equal(t, 0, o.MaxKeySize)
+	require.Equal(t, want.SweepInterval, o.SweepInterval)
+}
+
+func TestOpenNilOptions(t *testing.T) {
+	e, err := idem.Open(t.TempDir(), nil)
+	require.NoError(t, err)
+	res, err := e.Do(context.Background(), "k", nil, (&counter{}).fn("v"))
+	require.NoError(t, err)
+	require.Equal(t, idem.DefaultTTL, res.ExpiresAt.Sub(res.CreatedAt))
+	require.NoError(t, e.Close())
+}
+
+func TestOpenALockedDirectory(t *testing.T) {
+	dir := t.TempDir()
+	e, err := idem.Open(dir, nil)
+	require.NoError(t, err)
+	_, err = idem.Open(dir, nil)
+	require.ErrorIs(t, err, idem.ErrLocked)
+	require.Contains(t, err.Error(), dir)
+	require.NoError(t, e.Close())
+	e, err = idem.Open(dir, nil)
+	require.NoError(t, err)
+	require.NoError(t, e.Close())
+
+	fs := vfs.NewMem()
+	e = open(t, fs, "db", nil)
+	_, err = idem.Open("db", &idem.Options{FS: fs})
+	require.ErrorIs(t, err, idem.ErrLocked)
+	require.NoError(t, e.Close())
+}
+
+func TestCloseWaitsForCallsInProgressAndRefusesNewOnes(t *testing.T) {
+	dir := t.TempDir()
+	e, err := idem.Open(dir, &idem.Options{SweepInterval: time.Millisecond})
+	require.NoError(t, err)
+	b := newBlocker("stored before close")
+	leader := goDo(context.Background(), e, "k", nil, b.fn)
+	<-b.started
+	follower := goDo(context.Background(), e, "k", nil, b.fn)
+	eventually(t, func() bool { return e.Stats().Waits == 1 }, "follower did not wait")
+
+	closed := make(chan error, 1)
+	go func() { closed <- e.Close() }()
+	eventually(t, func() bool {
+		_, err := e.Do(context.Background(), "other", nil, (&counter{}).fn("v"))
+		return errors.Is(err, idem.ErrClosed)
+	}, "Close did not refuse new calls")
+	select {
+	case <-closed:
+		t.Fatal("Close returned while fn was running")
+	default:
+	}
+	close(b.release)
+	require.NoError(t, waitFor(t, leader).err)
+	fr := waitFor(t, follower)
+	require.NoError(t, fr.err)
+	require.True(t, fr.res.Replayed)
+	require.NoError(t, <-closed)
+	require.NoError(t, e.Close(), "a second Close returns nil")
+
+	// Nothing works, and nothing panics, after Close.
+	_, err = e.Do(context.Background(), "k", nil, b.fn)
+	require.ErrorIs(t, err, idem.ErrClosed)
+	_, err = e.Lookup("k")
+	require.ErrorIs(t, err, idem.ErrClosed)
+	require.ErrorIs(t, e.Forget("k"), idem.ErrClosed)
+	_, err = e.Sweep(context.Background())
+	require.ErrorIs(t, err, idem.ErrClosed)
+	for _, err := range e.Interrupted() {
+		require.ErrorIs(t, err, idem.ErrClosed)
+	}
+	require.Equal(t, uint64(0), e.Stats().DiskUsage)
+
+	e, err = idem.Open(dir, nil)
+	require.NoError(t, err)
+	defer e.Close()
+	rec, err := e.Lookup("k")
+	require.NoError(t, err)
+	require.Equal(t, []byte("stored before close"), rec.Value)
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	clk := newClock()
+	e, err := idem.Open(t.TempDir(), &idem.Options{SweepInterval: time.Millisecond, Now: clk.Now})
+	require.NoError(t, err)
+	for i := range 100 {
+		_, err := e.Do(context.Background(), fmt.Sprint(i), nil, (&counter{}).fn("v"))
+		require.NoError(t, err)
+	}
+	clk.Advance(48 * time.Hour)
+	eventually(t, func() bool { return e.Stats().Swept == 100 }, "the background sweeper did not sweep")
+	require.NoError(t, e.Close())
+	eventually(t, func() bool { return runtime.NumGoroutine() <= before }, "goroutines left after Close")
+}
+
+func TestForget(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	var c counter
+	_, err := e.Do(context.Background(), "k", nil, c.fn("v1"))
+	require.NoError(t, err)
+	require.NoError(t, e.Forget("k"))
+	_, err = e.Lookup("k")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+	res, err := e.Do(context.Background(), "k", nil, c.fn("v2"))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, []byte("v2"), res.Value)
+	require.NoError(t, e.Forget("never-stored"))
+
+	b := newBlocker("v")
+	leader := goDo(context.Background(), e, "busy", nil, b.fn)
+	<-b.started
+	require.ErrorIs(t, e.Forget("busy"), idem.ErrInFlight)
+	close(b.release)
+	require.NoError(t, waitFor(t, leader).err)
+	require.NoError(t, e.Forget("busy"))
+}
+
+// TestManyGoroutinesRunEachKeyOnce: 64 goroutines call Do over 1,000 keys in
+// random orders, so that most calls race with others of the same key. fn
+// must run exactly once per key, and every caller must see that run's value.
+func TestManyGoroutinesRunEachKeyOnce(t *testing.T) {
+	const goroutines, keys = 64, 1000
+	e := open(t, nil, "db", nil)
+	var runs [keys]atomic.Int64
+	var values [keys]atomic.Value
+	var token atomic.Int64
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(g)))
+			for _, k := range rng.Perm(keys) {
+				key := fmt.Sprint("key-", k)
+				res, err := e.Do(context.Background(), key, []byte(key), func(context.Context) ([]byte, error) {
+					runs[k].Add(1)
+					return []byte(fmt.Sprint(key, "#", token.Add(1))), nil
+				})
+				if err != nil {
+					t.Errorf("Do(%s): %v", key, err)
+					return
+				}
+				if prev := values[k].Swap(string(res.Value)); prev != nil && prev != string(res.Value) {
+					t.Errorf("key %s: got %q, another caller got %q", key, res.Value, prev)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for k := range keys {
+		require.Equal(t, int64(1), runs[k].Load(), "fn runs for key %d", k)
+	}
+	st := e.Stats()
+	require.Equal(t, uint64(goroutines*keys), st.Calls)
+	require.Equal(t, uint64(keys), st.Executions)
+	require.Equal(t, uint64(goroutines*keys-keys), st.Replays)
+}
+
+func TestDoValue(t *testing.T) {
+	type receipt struct {
+		ID     string
+		Amount int64
+		Tags   []string
+	}
+	e := open(t, nil, "db", nil)
+	want := receipt{ID: "r1", Amount: 4200, Tags: []string{"eur"}}
+	var runs int
+	fn := func(context.Context) (receipt, error) { runs++; return want, nil }
+	got, res, err := idem.DoValue(context.Background(), e, "k", nil, fn)
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, want, got)
+	got, res, err = idem.DoValue(context.Background(), e, "k", nil, fn)
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.Equal(t, want, got)
+	require.Equal(t, 1, runs)
+
+	// A stored value of another shape is an error, not a panic.
+	_, _, err = idem.DoValue(context.Background(), e, "k", nil, func(context.Context) (map[string]int, error) { return nil, nil })
+	require.ErrorIs(t, err, idem.ErrCorrupt)
+}
+
+func TestStatsCountWhatHappened(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	ctx := context.Background()
+	var c counter
+	e.Do(ctx, "a", []byte("1"), c.fn("v"))
+	e.Do(ctx, "a", []byte("1"), c.fn("v"))
+	e.Do(ctx, "a", []byte("2"), c.fn("v"))
+	e.Do(ctx, "b", nil, func(context.Context) ([]byte, error) { return nil, errors.New("x") })
+	st := e.Stats()
+	require.Equal(t, uint64(4), st.Calls)
+	require.Equal(t, uint64(2), st.Executions)
+	require.Equal(t, uint64(1), st.Replays)
+	require.Equal(t, uint64(1), st.Mismatches)
+	require.Greater(t, st.DiskUsage, uint64(0))
+}

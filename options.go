@@ -1,0 +1,189 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Durability says which writes are fsynced before the engine goes on.
+type Durability uint8
+
+const (
+	// SyncAll fsyncs the in-flight marker before fn runs and the result
+	// before Do returns. A crash can neither lose a returned result nor
+	// let fn run twice: a key whose fn was cut off reports ErrInterrupted.
+	// It is the zero value and the default.
+	SyncAll Durability = iota
+	// SyncResult fsyncs only the result. A returned result survives a
+	// crash, but a crash while fn runs may lose the in-flight marker, so
+	// fn may run again for that key after a restart.
+	SyncResult
+	// SyncNone fsyncs nothing (Pebble writes its log without syncing it).
+	// Fastest; a crash of the machine (not only of the process) may lose
+	// the records of the last moments, so their keys may run again.
+	SyncNone
+)
+
+// String returns the mode's name, as "SyncAll".
+func (d Durability) String() string {
+	switch d {
+	case SyncAll:
+		return "SyncAll"
+	case SyncResult:
+		return "SyncResult"
+	case SyncNone:
+		return "SyncNone"
+	}
+	return fmt.Sprintf("Durability(%d)", uint8(d))
+}
+
+// Defaults of Options.
+const (
+	DefaultTTL           = 24 * time.Hour
+	DefaultMaxKeySize    = 512
+	DefaultMaxValueSize  = 1 << 20
+	DefaultSweepInterval = time.Minute
+	DefaultCacheSize     = 32 << 20
+)
+
+// maxValueSizeLimit bounds MaxValueSize: a record must fit in one Pebble
+// batch with room to spare.
+const maxValueSizeLimit = 1 << 30
+
+// Options configure an Engine. A nil *Options, and every zero field, means
+// the default. Open copies the options; it never modifies the caller's.
+type Options struct {
+	// TTL is how long a record lives after it is stored. An expired record
+	// is invisible at once and removed by the next sweep. If 0, DefaultTTL
+	// (24 hours); negative is an error.
+	TTL time.Duration
+
+	// Durability says which writes are fsynced. The zero value is SyncAll.
+	Durability Durability
+
+	// NoWait makes a call that finds its key in flight (fn running in
+	// another call) return ErrInFlight at once rather than wait for that
+	// call's outcome. Default false: wait.
+	NoWait bool
+
+	// RetryInterrupted makes Do run fn again for a key whose earlier run was
+	// cut off by a crash, instead of returning ErrInterrupted. Use it only
+	// where fn can tell for itself whether its effect happened. Default
+	// false.
+	RetryInterrupted bool
+
+	// MaxKeySize is the longest key, in bytes. If 0, DefaultMaxKeySize
+	// (512); negative is an error.
+	MaxKeySize int
+
+	// MaxValueSize is the largest value fn may return, and the longest
+	// message of a Permanent error, in bytes. If 0, DefaultMaxValueSize
+	// (1 MiB); negative or above 1 GiB is an error.
+	MaxValueSize int
+
+	// SweepInterval is how often the background sweeper removes expired
+	// records. If 0, DefaultSweepInterval (1 minute); negative turns the
+	// background sweeper off (Sweep still works).
+	SweepInterval time.Duration
+
+	// CacheSize is the size of Pebble's block cache, in bytes. If 0,
+	// DefaultCacheSize (32 MiB); negative is an error.
+	CacheSize int64
+
+	// Now is the clock. If nil, time.Now.
+	Now func() time.Time
+
+	// FS is the file system Pebble uses. If nil, the operating system's
+	// (vfs.Default). Tests use vfs.NewMem() or vfs.NewCrashableMem().
+	FS vfs.FS
+
+	// Logger receives the engine's and Pebble's log records. If nil, a
+	// logger that writes records of level Warn and above to standard error
+	// as text and discards the rest.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of o with the defaults filled in, or an error
+// naming the first invalid field.
+func (o *Options) withDefaults() (Options, error) {
+	var c Options
+	if o != nil {
+		c = *o
+	}
+	switch {
+	case c.TTL < 0:
+		return c, fmt.Errorf("idem: Options.TTL is negative (%v)", c.TTL)
+	case c.Durability > SyncNone:
+		return c, fmt.Errorf("idem: Options.Durability has an unknown value %d", uint8(c.Durability))
+	case c.MaxKeySize < 0:
+		return c, fmt.Errorf("idem: Options.MaxKeySize is negative (%d)", c.MaxKeySize)
+	case c.MaxValueSize < 0:
+		return c, fmt.Errorf("idem: Options.MaxValueSize is negative (%d)", c.MaxValueSize)
+	case c.MaxValueSize > maxValueSizeLimit:
+		return c, fmt.Errorf("idem: Options.MaxValueSize %d is above the limit of %d", c.MaxValueSize, maxValueSizeLimit)
+	case c.CacheSize < 0:
+		return c, fmt.Errorf("idem: Options.CacheSize is negative (%d)", c.CacheSize)
+	}
+	if c.TTL == 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.MaxKeySize == 0 {
+		c.MaxKeySize = DefaultMaxKeySize
+	}
+	if c.MaxValueSize == 0 {
+		c.MaxValueSize = DefaultMaxValueSize
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = DefaultSweepInterval
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = DefaultCacheSize
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.FS == nil {
+		c.FS = vfs.Default
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return c, nil
+}
+
+// pebbleLogger routes Pebble's log lines to the engine's logger.
+//
+// Pebble calls Fatalf when it cannot go on safely (a failed WAL write or
+// fsync, a corrupt MANIFEST) and expects it not to return. pebbleLogger logs
+// the message at level Error and then panics with it: the process stops, as
+// Pebble intends, and whatever was acknowledged before is on disk for the
+// next Open.
+type pebbleLogger struct {
+	l *slog.Logger
+}
+
+var errPebbleFatal = errors.New("idem: fatal Pebble error")
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	if p.l.Enabled(context.Background(), slog.LevelInfo) {
+		p.l.Info(fmt.Sprintf(format, args...), "component", "pebble")
+	}
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	if p.l.Enabled(context.Background(), slog.LevelError) {
+		p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	}
+}
+
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error(msg, "component", "pebble", "fatal", true)
+	panic(fmt.Errorf("%w: %s", errPebbleFatal, msg))
+}
