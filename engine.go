@@ -144,6 +144,11 @@ type Engine struct {
 	sweeperDone sync.WaitGroup
 	sweepMu     sync.Mutex // one sweep at a time
 
+	// orphans holds the keys whose in-flight marker of this epoch outlived
+	// its call, because storing the outcome failed. Their markers report
+	// StateInterrupted, like an earlier process's.
+	orphans sync.Map // string -> struct{}
+
 	stats counters
 }
 
@@ -341,6 +346,9 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 			oldExpires = rec.expires
 		}
 	}
+	if oldExpires != 0 && rec.state == StateInFlight && rec.epoch == e.epoch {
+		e.orphans.Delete(key) // about to be replaced
+	}
 	if err := ctx.Err(); err != nil {
 		// This caller gave up; followers retry with their own contexts.
 		return e.finish(key, c, outcome{err: err})
@@ -402,16 +410,20 @@ func (e *Engine) execute(ctx context.Context, key string, c *call, marker *recor
 	if err := e.store.put(key, &rec, marker.expires, e.opts.Durability != SyncNone); err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
+		e.orphans.Store(key, struct{}{})
 		return e.finish(key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)})
 	}
 	return e.finish(key, c, outcome{share: true, res: rec.result(false), err: fnErr})
 }
 
-// release deletes the in-flight marker of a call whose fn failed. If that
-// fails, the marker stays and the key reports ErrInterrupted: safe, since
-// the outcome is then unknown to later calls.
+// release deletes the in-flight marker of a call whose fn failed; under
+// SyncAll durably, so that a crash cannot bring the marker back and make the
+// key report ErrInterrupted. If the delete fails, the marker stays and the
+// key reports ErrInterrupted: safe, since the outcome is then unknown to
+// later calls.
 func (e *Engine) release(key string, marker *record) {
-	if err := e.store.remove(key, marker.expires, false); err != nil {
+	if err := e.store.remove(key, marker.expires, e.opts.Durability == SyncAll); err != nil {
+		e.orphans.Store(key, struct{}{})
 		e.logger.Error("idem: releasing a key failed; it will report ErrInterrupted", "error", err)
 	}
 }
@@ -502,9 +514,22 @@ func (e *Engine) Lookup(key string) (Record, error) {
 	return e.publicRecord(key, &rec), nil
 }
 
+// interrupted reports whether r, key's record, is a marker whose call is
+// gone: one of an earlier process, or an orphan of this one.
+func (e *Engine) interrupted(key string, r *record) bool {
+	if r.state != StateInFlight {
+		return false
+	}
+	if r.epoch != e.epoch {
+		return true
+	}
+	_, orphan := e.orphans.Load(key)
+	return orphan
+}
+
 func (e *Engine) publicRecord(key string, r *record) Record {
 	state := r.state
-	if state == StateInFlight && r.epoch != e.epoch {
+	if e.interrupted(key, r) {
 		state = StateInterrupted
 	}
 	return Record{
@@ -550,7 +575,11 @@ func (e *Engine) Forget(key string) error {
 	if err != nil || !found {
 		return err
 	}
-	return e.store.remove(key, rec.expires, e.opts.Durability != SyncNone)
+	if err := e.store.remove(key, rec.expires, e.opts.Durability != SyncNone); err != nil {
+		return err
+	}
+	e.orphans.Delete(key)
+	return nil
 }
 
 // interruptedChunk is how many records Interrupted reads per iterator, so
@@ -558,7 +587,9 @@ func (e *Engine) Forget(key string) error {
 const interruptedChunk = 256
 
 // Interrupted returns the records left in flight by earlier processes: keys
-// whose fn was running when a process stopped, and whose outcome is unknown.
+// whose fn was running when a process stopped, and whose outcome is unknown
+// (and, rarer, keys of this process whose fn ran but whose outcome could not
+// be stored).
 // They report ErrInterrupted until they expire or are forgotten. The
 // sequence yields them in key order; a record that cannot be decoded is
 // yielded with an error matching ErrCorrupt, and iteration goes on. Records
@@ -579,7 +610,7 @@ func (e *Engine) Interrupted() iter.Seq2[Record, error] {
 					chunk, errs = append(chunk, Record{Key: key}), append(errs, err)
 					return
 				}
-				if rec.state == StateInFlight && rec.epoch != e.epoch && !rec.expired(now) {
+				if e.interrupted(key, &rec) && !rec.expired(now) {
 					chunk, errs = append(chunk, e.publicRecord(key, &rec)), append(errs, nil)
 				}
 			})

@@ -690,7 +690,14 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	clk.Advance(48 * time.Hour)
 	eventually(t, func() bool { return e.Stats().Swept == 100 }, "the background sweeper did not sweep")
 	require.NoError(t, e.Close())
-	eventually(t, func() bool { return runtime.NumGoroutine() <= before }, "goroutines left after Close")
+	// Polled here rather than with eventually, whose condition runs in a
+	// goroutine of its own.
+	for deadline := time.Now().Add(30 * time.Second); runtime.NumGoroutine() > before; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before Open, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+	}
 }
 
 func TestForget(t *testing.T) {

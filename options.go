@@ -15,18 +15,23 @@ import (
 type Durability uint8
 
 const (
-	// SyncAll fsyncs the in-flight marker before fn runs and the result
-	// before Do returns. A crash can neither lose a returned result nor
+	// SyncAll fsyncs the in-flight marker before fn runs, and the result
+	// (or the release of a key whose fn failed) before Do returns. A crash
+	// of the process or the machine can neither lose a returned result nor
 	// let fn run twice: a key whose fn was cut off reports ErrInterrupted.
 	// It is the zero value and the default.
 	SyncAll Durability = iota
-	// SyncResult fsyncs only the result. A returned result survives a
-	// crash, but a crash while fn runs may lose the in-flight marker, so
-	// fn may run again for that key after a restart.
+	// SyncResult fsyncs only the result: a returned result survives any
+	// crash. The in-flight marker is written without fsync, and Pebble
+	// keeps unsynced log writes in the process's memory until a later sync
+	// or a full 32 KiB block, so after a crash (of the process or of the
+	// machine) while fn runs the marker may be gone and fn may run again
+	// for that key.
 	SyncResult
-	// SyncNone fsyncs nothing (Pebble writes its log without syncing it).
-	// Fastest; a crash of the machine (not only of the process) may lose
-	// the records of the last moments, so their keys may run again.
+	// SyncNone fsyncs nothing. Fastest; a crash of the process or of the
+	// machine may lose the records of the last moments (up to a 32 KiB
+	// block of Pebble's log, more if the OS has not written it), so their
+	// keys may run fn again.
 	SyncNone
 )
 

@@ -166,6 +166,9 @@ func (e *Engine) sweepEntries(entries []indexEntry, lower []byte, now int64) (in
 			continue // stale entry: the record is gone or was stored again
 		}
 		del = append(del, sweptRecord{key: ent.key, size: rec.size})
+		if rec.state == StateInFlight {
+			e.orphans.Delete(ent.key)
+		}
 	}
 	upper := successor(entries[len(entries)-1].raw)
 	if err := e.store.sweepBatchCommit(del, lower, upper, keep); err != nil {
