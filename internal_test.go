@@ -1,0 +1,254 @@
+package idem
+
+// White-box tests: properties that cannot be observed through the API.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/stretchr/testify/require"
+)
+
+func openInternal(t testing.TB, fs vfs.FS, o Options) *Engine {
+	t.Helper()
+	if fs == nil {
+		fs = vfs.NewMem()
+	}
+	o.FS = fs
+	if o.SweepInterval == 0 {
+		o.SweepInterval = -1
+	}
+	e, err := Open("db", &o)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func valueFn(v []byte) func(context.Context) ([]byte, error) {
+	return func(context.Context) ([]byte, error) { return v, nil }
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	for _, r := range []record{
+		{state: StateInFlight, fp: digest(nil), epoch: 1, created: 1, expires: 2},
+		{state: StateCompleted, fp: digest([]byte("abc")), epoch: 7, created: -5, expires: 1 << 62, value: []byte{}},
+		{state: StateCompleted, fp: digest(bytes.Repeat([]byte("x"), 100)), value: []byte("value")},
+		{state: StateFailed, fp: digest(bytes.Repeat([]byte("y"), 31)), errMsg: "declined"},
+	} {
+		enc := r.encode()
+		got, err := decodeRecord(enc.buf.Bytes())
+		encodePool.Put(enc)
+		require.NoError(t, err)
+		require.Equal(t, r, got)
+	}
+}
+
+func TestStoredFingerprintIsAtMost32Bytes(t *testing.T) {
+	e := openInternal(t, nil, Options{})
+	for _, n := range []int{0, 1, 31, 32, 33, 1 << 16} {
+		fp := make([]byte, n)
+		rand.Read(fp)
+		key := fmt.Sprint("k", n)
+		_, err := e.Do(context.Background(), key, fp, valueFn([]byte("v")))
+		require.NoError(t, err)
+		rec, found, err := e.store.get(key)
+		require.NoError(t, err)
+		require.True(t, found)
+		require.LessOrEqual(t, len(rec.fp.bytes()), 32)
+		if n < 32 {
+			require.Equal(t, fp, rec.fp.bytes()[:n:n])
+		}
+	}
+}
+
+func TestCorruptRecordAffectsOnlyItsKey(t *testing.T) {
+	e := openInternal(t, nil, Options{})
+	ctx := context.Background()
+	require.NoError(t, e.db.Set(recordKey("bad"), []byte{0x93, 0x01, 0xff}, nil))
+	_, err := e.Do(ctx, "bad", nil, valueFn([]byte("v")))
+	require.ErrorIs(t, err, ErrCorrupt)
+	_, err = e.Lookup("bad")
+	require.ErrorIs(t, err, ErrCorrupt)
+	var sawCorrupt bool
+	for _, err := range e.Interrupted() {
+		require.ErrorIs(t, err, ErrCorrupt)
+		sawCorrupt = true
+	}
+	require.True(t, sawCorrupt)
+
+	res, err := e.Do(ctx, "good", nil, valueFn([]byte("v")))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+
+	// An operator can forget the corrupt record; the key then works.
+	require.NoError(t, e.Forget("bad"))
+	res, err = e.Do(ctx, "bad", nil, valueFn([]byte("v")))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+}
+
+func TestEpochAdvancesAtEachOpen(t *testing.T) {
+	fs := vfs.NewMem()
+	for want := uint64(1); want <= 3; want++ {
+		e, err := Open("db", &Options{FS: fs, SweepInterval: -1})
+		require.NoError(t, err)
+		require.Equal(t, want, e.epoch)
+		require.NoError(t, e.Close())
+	}
+}
+
+func TestOpenRefusesAnotherFormat(t *testing.T) {
+	fs := vfs.NewMem()
+	e, err := Open("db", &Options{FS: fs, SweepInterval: -1})
+	require.NoError(t, err)
+	require.NoError(t, e.db.Set(metaFormat, []byte("idem/99"), nil))
+	require.NoError(t, e.Close())
+	_, err = Open("db", &Options{FS: fs, SweepInterval: -1})
+	require.ErrorContains(t, err, "unsupported data format")
+	// The refused Open released the directory's lock.
+	l, err := fs.Lock("db/LOCK")
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+}
+
+// Interrupted reads records in chunks; it must list every interrupted
+// record across chunk boundaries, skip the others, and stop when asked.
+func TestInterruptedListsAllAcrossChunks(t *testing.T) {
+	clk := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := openInternal(t, nil, Options{Now: func() time.Time { return clk }})
+	now := clk.UnixNano()
+	const n = 3*interruptedChunk + 7
+	var want []string
+	for i := range 2 * n {
+		key := fmt.Sprintf("k%05d", i)
+		r := record{state: StateCompleted, epoch: e.epoch, created: now, expires: now + int64(time.Hour)}
+		if i%2 == 0 {
+			r.state, r.epoch = StateInFlight, e.epoch-1
+			want = append(want, key)
+		}
+		require.NoError(t, e.store.put(key, &r, 0, false))
+	}
+	var got []string
+	for r, err := range e.Interrupted() {
+		require.NoError(t, err)
+		require.Equal(t, StateInterrupted, r.State)
+		got = append(got, r.Key)
+	}
+	require.Equal(t, want, got)
+
+	count := 0
+	for range e.Interrupted() {
+		count++
+		if count == 5 {
+			break
+		}
+	}
+	require.Equal(t, 5, count)
+}
+
+// A key held by another call while a sweep passes keeps its index entry
+// (which the sweep's DeleteRange covers), so a later sweep removes it.
+func TestSweepKeepsTheEntriesOfHeldKeys(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := openInternal(t, nil, Options{Now: func() time.Time { return now }, TTL: time.Hour})
+	ctx := context.Background()
+	for _, k := range []string{"a", "b", "c"} {
+		_, err := e.Do(ctx, k, nil, valueFn([]byte("v")))
+		require.NoError(t, err)
+	}
+	now = now.Add(2 * time.Hour)
+
+	holder := newMaintCall()
+	_, ok := e.locks.tryAcquire("b", holder)
+	require.True(t, ok)
+	removed, err := e.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, removed)
+	e.locks.releaseAll([]string{"b"}, holder)
+
+	removed, err = e.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, removed, "the held key's entry survived the first sweep")
+	_, found, err := e.store.get("b")
+	require.NoError(t, err)
+	require.False(t, found)
+}
+
+// After a sweep of many expired records and a compaction, the space they
+// used is free again.
+func TestSweepThenCompactionReclaimsDiskSpace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 20 MB")
+	}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := openInternal(t, nil, Options{Now: func() time.Time { return now }, TTL: time.Hour, Durability: SyncNone})
+	ctx := context.Background()
+	const n, size = 8000, 2500
+	value := make([]byte, size)
+	for i := range n {
+		rand.Read(value) // incompressible
+		_, err := e.Do(ctx, fmt.Sprintf("key-%06d", i), nil, valueFn(value))
+		require.NoError(t, err)
+	}
+	require.NoError(t, e.db.Flush())
+	compact := func() {
+		require.NoError(t, e.db.Compact(ctx, []byte{0}, []byte{0xff}, false))
+	}
+	compact()
+	before := e.Stats().DiskUsage
+	require.Greater(t, before, uint64(n*size))
+
+	now = now.Add(61 * time.Minute)
+	_, err := e.Do(ctx, "live", nil, valueFn([]byte("stored after the others expired")))
+	require.NoError(t, err)
+	removed, err := e.Sweep(ctx)
+	require.NoError(t, err)
+	require.Equal(t, n, removed)
+	_, err = e.Lookup("live")
+	require.NoError(t, err)
+	compact()
+	// The records' tables are gone at once; the files they lived in, and
+	// the log files Pebble keeps to recycle, are counted until Pebble's
+	// cleaner deletes them in the background.
+	m := e.db.Metrics()
+	require.Less(t, m.Table.Local.LiveSize, uint64(n*size/100))
+	var after uint64
+	require.Eventually(t, func() bool {
+		after = e.Stats().DiskUsage
+		return after < before/2
+	}, 30*time.Second, 10*time.Millisecond, "disk usage did not fall: %d before, %d after", before, after)
+	t.Logf("disk usage: %d bytes before the sweep, %d after sweep and compaction (live tables: %d bytes)", before, after, m.Table.Local.LiveSize)
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	for _, r := range []record{
+		{state: StateInFlight, fp: digest([]byte("fp")), epoch: 3, created: 10, expires: 20},
+		{state: StateCompleted, fp: digest(bytes.Repeat([]byte("x"), 40)), value: []byte("hello")},
+		{state: StateFailed, errMsg: "no"},
+	} {
+		enc := r.encode()
+		f.Add(bytes.Clone(enc.buf.Bytes()))
+		encodePool.Put(enc)
+	}
+	f.Add([]byte{0x98, 0x01, 0x03, 0xc6, 0xff, 0xff, 0xff, 0xff}) // bin32 claiming 4 GiB
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeRecord(b)
+		if err != nil {
+			return
+		}
+		enc := r.encode()
+		again, err := decodeRecord(enc.buf.Bytes())
+		encodePool.Put(enc)
+		if err != nil {
+			t.Fatalf("a decoded record fails to decode once re-encoded: %v", err)
+		}
+		if fmt.Sprint(again) != fmt.Sprint(r) {
+			t.Fatalf("re-encoding changed the record: %+v != %+v", again, r)
+		}
+	})
+}
