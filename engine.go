@@ -52,6 +52,9 @@ var (
 	// ErrCorrupt is returned for a stored record that cannot be decoded. It
 	// concerns that key only.
 	ErrCorrupt = errors.New("idem: corrupt record")
+	// ErrReadOnly is returned by the calls that write (Do, Forget, Sweep,
+	// Compact) on an Engine opened with Options.ReadOnly.
+	ErrReadOnly = errors.New("idem: engine opened read-only")
 )
 
 // Result is the outcome of a Do call.
@@ -167,7 +170,13 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := o.FS.MkdirAll(dir, 0o755); err != nil {
+	if o.ReadOnly {
+		// Look before locking: locking creates a LOCK file.
+		desc, err := pebble.Peek(dir, o.FS)
+		if err != nil || !desc.Exists {
+			return nil, fmt.Errorf("idem: open %s: not an idem database (no database there)", dir)
+		}
+	} else if err := o.FS.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
 	lock, err := pebble.LockDirectory(dir, o.FS)
@@ -183,6 +192,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		CacheSize:          o.CacheSize,
 		FormatMajorVersion: pebble.FormatValueSeparation,
 		Logger:             pebbleLogger{o.Logger},
+		ReadOnly:           o.ReadOnly,
 	}
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
@@ -203,14 +213,14 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		closed:  make(chan struct{}),
 	}
 	e.locks.init()
-	if e.epoch, err = e.store.openMeta(); err != nil {
+	if e.epoch, err = e.store.openMeta(o.ReadOnly); err != nil {
 		db.Close()
 		lock.Close()
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stopSweeper = cancel
-	if o.SweepInterval > 0 {
+	if o.SweepInterval > 0 && !o.ReadOnly {
 		e.sweeperDone.Add(1)
 		go e.sweeper(ctx, o.SweepInterval)
 	}
@@ -293,6 +303,9 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 		return Result{}, ErrClosed
 	}
 	defer e.exit()
+	if e.opts.ReadOnly {
+		return Result{}, ErrReadOnly
+	}
 	e.stats.calls.Add(1)
 
 	fp := digest(fingerprint)
@@ -554,6 +567,9 @@ func (e *Engine) Forget(key string) error {
 		return ErrClosed
 	}
 	defer e.exit()
+	if e.opts.ReadOnly {
+		return ErrReadOnly
+	}
 	c := newMaintCall()
 	for {
 		owner, ok := e.locks.tryAcquire(key, c)
@@ -582,36 +598,56 @@ func (e *Engine) Forget(key string) error {
 	return nil
 }
 
-// interruptedChunk is how many records Interrupted reads per iterator, so
-// that it holds no Pebble iterator while the caller's loop body runs.
-const interruptedChunk = 256
+// scanChunk is how many records Records reads per Pebble iterator, so that
+// it holds no iterator while the caller's loop body runs.
+const scanChunk = 256
+
+// Records returns the live records whose keys start with prefix (all of them
+// for ""), in key order: the operator's view of the engine. Expired records
+// are skipped, as everywhere else. A record that cannot be decoded is
+// yielded with its key and an error matching ErrCorrupt, and iteration goes
+// on; an error of the database ends it. Records that change during the
+// iteration may or may not be seen. It reads the whole key range named by
+// prefix: it is not meant for a request path.
+func (e *Engine) Records(prefix string) iter.Seq2[Record, error] {
+	return e.records(prefix, nil)
+}
 
 // Interrupted returns the records left in flight by earlier processes: keys
 // whose fn was running when a process stopped, and whose outcome is unknown
 // (and, rarer, keys of this process whose fn ran but whose outcome could not
-// be stored).
-// They report ErrInterrupted until they expire or are forgotten. The
-// sequence yields them in key order; a record that cannot be decoded is
-// yielded with an error matching ErrCorrupt, and iteration goes on. Records
-// that change during the iteration may or may not be seen.
+// be stored). They report ErrInterrupted until they expire or are forgotten.
+// It yields them as Records does, and reads every record to find them.
 func (e *Engine) Interrupted() iter.Seq2[Record, error] {
+	return e.records("", func(r *Record) bool { return r.State == StateInterrupted })
+}
+
+// records yields the live records under prefix that keep accepts (all if
+// keep is nil), and the records that fail to decode.
+func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Record, error] {
 	return func(yield func(Record, error) bool) {
 		var after []byte
 		for {
-			var chunk []Record
-			var errs []error
+			var (
+				chunk []Record
+				errs  []error
+			)
 			if !e.enter() {
 				yield(Record{}, ErrClosed)
 				return
 			}
 			now := e.now()
-			next, err := e.store.scanRecords(after, interruptedChunk, func(key string, rec record, err error) {
+			next, err := e.store.scanRecords(prefix, after, scanChunk, func(key string, rec record, err error) {
 				if err != nil {
 					chunk, errs = append(chunk, Record{Key: key}), append(errs, err)
 					return
 				}
-				if e.interrupted(key, &rec) && !rec.expired(now) {
-					chunk, errs = append(chunk, e.publicRecord(key, &rec)), append(errs, nil)
+				if rec.expired(now) {
+					return
+				}
+				r := e.publicRecord(key, &rec)
+				if keep == nil || keep(&r) {
+					chunk, errs = append(chunk, r), append(errs, nil)
 				}
 			})
 			e.exit()
@@ -621,7 +657,7 @@ func (e *Engine) Interrupted() iter.Seq2[Record, error] {
 				}
 			}
 			if err != nil {
-				yield(Record{}, fmt.Errorf("idem: listing interrupted records: %w", err))
+				yield(Record{}, fmt.Errorf("idem: listing records: %w", err))
 				return
 			}
 			if next == nil {
@@ -641,7 +677,27 @@ func (e *Engine) Sweep(ctx context.Context) (int, error) {
 		return 0, ErrClosed
 	}
 	defer e.exit()
+	if e.opts.ReadOnly {
+		return 0, ErrReadOnly
+	}
 	return e.sweep(ctx)
+}
+
+// Compact compacts the whole database now, so that the space of swept and
+// forgotten records is reclaimed at once rather than by Pebble's background
+// compactions. It can take long on a large database; ctx ends it early.
+func (e *Engine) Compact(ctx context.Context) error {
+	if !e.enter() {
+		return ErrClosed
+	}
+	defer e.exit()
+	if e.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	if err := e.db.Compact(ctx, []byte{0}, []byte{0xff}, false); err != nil {
+		return fmt.Errorf("idem: compact: %w", err)
+	}
+	return nil
 }
 
 // Stats are counters of an Engine's activity since Open.
@@ -654,7 +710,11 @@ type Stats struct {
 	Mismatches  uint64 // calls that returned ErrFingerprintMismatch
 	Interrupted uint64 // calls that met a key left in flight by a crash
 	Swept       uint64 // expired records removed by sweeps
-	DiskUsage   uint64 // bytes Pebble uses on disk (0 once closed)
+
+	// Figures of the Pebble database (0 once closed).
+	DiskUsage         uint64 // bytes on disk
+	Compactions       uint64 // compactions since Open
+	ReadAmplification uint64 // sstable levels (and L0 sublevels) a read may visit
 }
 
 type counters struct {
@@ -674,8 +734,11 @@ func (e *Engine) Stats() Stats {
 		Swept:       e.stats.swept.Load(),
 	}
 	if e.enter() {
-		s.DiskUsage = e.db.Metrics().DiskSpaceUsage()
+		m := e.db.Metrics()
 		e.exit()
+		s.DiskUsage = m.DiskSpaceUsage()
+		s.Compactions = uint64(max(m.Compact.Count, 0))
+		s.ReadAmplification = uint64(max(m.ReadAmp(), 0))
 	}
 	return s
 }

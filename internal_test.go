@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/stretchr/testify/require"
 )
@@ -122,7 +123,7 @@ func TestInterruptedListsAllAcrossChunks(t *testing.T) {
 	clk := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	e := openInternal(t, nil, Options{Now: func() time.Time { return clk }})
 	now := clk.UnixNano()
-	const n = 3*interruptedChunk + 7
+	const n = 3*scanChunk + 7
 	var want []string
 	for i := range 2 * n {
 		key := fmt.Sprintf("k%05d", i)
@@ -251,4 +252,16 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatalf("re-encoding changed the record: %+v != %+v", again, r)
 		}
 	})
+}
+
+func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
+	fs := vfs.NewMem()
+	db, err := pebble.Open("db", &pebble.Options{FS: fs})
+	require.NoError(t, err)
+	require.NoError(t, db.Set([]byte("someone else's key"), []byte("v"), pebble.Sync))
+	require.NoError(t, db.Close())
+	for _, ro := range []bool{false, true} {
+		_, err = Open("db", &Options{FS: fs, ReadOnly: ro})
+		require.ErrorContains(t, err, "not an idem database")
+	}
 }

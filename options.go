@@ -108,6 +108,15 @@ type Options struct {
 	// (vfs.Default). Tests use vfs.NewMem() or vfs.NewCrashableMem().
 	FS vfs.FS
 
+	// ReadOnly opens an existing database for reading only, for inspection
+	// tools: Lookup, Records, Interrupted and Stats work; Do, Forget,
+	// Sweep and Compact return ErrReadOnly. Nothing in the directory is
+	// created or changed (Pebble's LOCK file, which every database has, is
+	// locked as usual), the epoch is not advanced, and the background
+	// sweeper does not run. Every in-flight marker reads as interrupted. A
+	// directory that holds no idem database is an error. Default false.
+	ReadOnly bool
+
 	// Logger receives the engine's and Pebble's log records. If nil, a
 	// logger that writes records of level Warn and above to standard error
 	// as text and discards the rest.

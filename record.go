@@ -321,16 +321,17 @@ func writeOpts(sync bool) *pebble.WriteOptions {
 	return pebble.NoSync
 }
 
-// scanRecords calls fn for up to limit records whose keys are after the key
-// after (all keys when after is nil), in key order, and returns the record
-// key to continue after, or nil at the end. Records that fail to decode are
-// passed with their error.
-func (s *store) scanRecords(after []byte, limit int, fn func(key string, rec record, err error)) ([]byte, error) {
-	lower := []byte{prefixRecord}
+// scanRecords calls fn for up to limit records whose keys start with prefix
+// and come after the record key after (from the first when after is nil), in
+// key order, and returns the record key to continue after, or nil at the
+// end. Records that fail to decode are passed with their error.
+func (s *store) scanRecords(prefix string, after []byte, limit int, fn func(key string, rec record, err error)) ([]byte, error) {
+	lower := recordKey(prefix)
 	if after != nil {
 		lower = successor(after)
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{prefixRecord + 1}})
+	upper := prefixEnd(recordKey(prefix))
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return nil, err
 	}
@@ -361,12 +362,36 @@ func (s *store) scanRecords(after []byte, limit int, fn func(key string, rec rec
 	return last, nil
 }
 
+// prefixEnd returns the smallest key after every key that starts with p,
+// or nil if there is none.
+func prefixEnd(p []byte) []byte {
+	end := bytes.Clone(p)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i]++; end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
 // openMeta checks the directory's format marker, writing it in a new
-// database, and advances the persisted epoch, returning the new one.
-func (s *store) openMeta() (uint64, error) {
+// database, and advances the persisted epoch, returning the new one. A
+// read-only engine writes nothing: its epoch is one past the stored one, so
+// every marker reads as an earlier process's.
+func (s *store) openMeta(readOnly bool) (uint64, error) {
 	format, err := s.getMeta(metaFormat)
 	if err != nil {
 		return 0, err
+	}
+	if format == nil {
+		// A new database, or a Pebble database that idem did not write.
+		empty, err := s.empty()
+		if err != nil {
+			return 0, err
+		}
+		if !empty || readOnly {
+			return 0, errors.New("not an idem database (a Pebble database with other data)")
+		}
 	}
 	var epoch uint64
 	if raw, err := s.getMeta(metaEpoch); err != nil {
@@ -384,6 +409,9 @@ func (s *store) openMeta() (uint64, error) {
 		return 0, fmt.Errorf("idem: unsupported data format %q (this version reads %q)", format, formatName)
 	}
 	epoch++
+	if readOnly {
+		return epoch, nil
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	var buf [8]byte
@@ -398,6 +426,16 @@ func (s *store) openMeta() (uint64, error) {
 		return 0, err
 	}
 	return epoch, nil
+}
+
+// empty reports whether the database holds no key at all.
+func (s *store) empty() (bool, error) {
+	it, err := s.db.NewIter(nil)
+	if err != nil {
+		return false, err
+	}
+	valid := it.First()
+	return !valid, it.Close()
 }
 
 func (s *store) getMeta(k []byte) ([]byte, error) {
