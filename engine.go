@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"iter"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,8 +62,9 @@ var (
 type Result struct {
 	// Value is fn's value. It is owned by the caller.
 	Value []byte
-	// Replayed is true when fn did not run for this call: the value is a
-	// stored result, or that of a concurrent call for the same key.
+	// Replayed is true when the outcome was stored before this call: fn
+	// did not run for it. The value is a stored result, or that of a
+	// concurrent call for the same key.
 	Replayed bool
 	// CreatedAt is when the result was stored.
 	CreatedAt time.Time
@@ -212,7 +214,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		drained: make(chan struct{}),
 		closed:  make(chan struct{}),
 	}
-	e.locks.init()
+	e.locks.init(o.RecordCacheSize)
 	if e.epoch, err = e.store.openMeta(o.ReadOnly); err != nil {
 		db.Close()
 		lock.Close()
@@ -275,9 +277,9 @@ func (e *Engine) checkKey(key string) error {
 //     with Replayed true, in this process or after a restart, until the
 //     record expires.
 //   - A call while fn runs for the key in another call waits for that call's
-//     outcome and shares it (Replayed true), or returns ErrInFlight at once
-//     with Options.NoWait. A call whose ctx ends while it waits returns an
-//     error matching both ErrInFlight and ctx.Err().
+//     outcome and shares it (Replayed true if it was stored), or returns
+//     ErrInFlight at once with Options.NoWait. A call whose ctx ends while it
+//     waits returns an error matching both ErrInFlight and ctx.Err().
 //   - A call whose fingerprint differs from the stored or running one
 //     returns ErrFingerprintMismatch. Fingerprints compare exactly; nil
 //     equals empty.
@@ -288,7 +290,8 @@ func (e *Engine) checkKey(key string) error {
 //   - A key whose fn was cut off by a crash returns ErrInterrupted.
 //
 // fn runs with ctx. ctx ending while fn runs is fn's business: if fn then
-// returns an error, that error releases the key like any other.
+// returns an error, that error releases the key like any other. fn must not
+// call Close, nor Do for the same key: both would wait for fn itself.
 func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func(ctx context.Context) ([]byte, error)) (Result, error) {
 	if fn == nil {
 		return Result{}, errNilFn
@@ -311,23 +314,81 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 	fp := digest(fingerprint)
 	c := newLeaderCall(fp)
 	for {
-		owner, ok := e.locks.acquire(key, c)
-		if ok {
+		hit, f, owner := e.locks.acquire(key, c, e.now())
+		switch {
+		case owner:
 			return e.lead(ctx, key, c, fn)
+		case hit != nil:
+			leaderCalls.Put(c) // never registered
+			return e.replayCached(hit, fp)
 		}
-		res, err, retry := e.follow(ctx, owner, fp)
+		res, err, retry := e.follow(ctx, f, fp)
 		if !retry {
+			leaderCalls.Put(c)
 			return res, err
 		}
 	}
 }
 
+// replayCached answers a call from a cached record.
+func (e *Engine) replayCached(r *cachedRecord, fp fingerprint) (Result, error) {
+	if r.fp != fp {
+		e.stats.mismatches.Add(1)
+		return Result{}, ErrFingerprintMismatch
+	}
+	e.stats.replays.Add(1)
+	res := Result{Replayed: true, CreatedAt: time.Unix(0, r.created), ExpiresAt: time.Unix(0, r.expires)}
+	if r.failed {
+		return res, &PermanentError{Err: errors.New(r.errMsg)}
+	}
+	res.Value = cloneBytes(r.value)
+	return res, nil
+}
+
+// leadState is what lead and execute know of their call, for the guard that
+// releases the key however they end.
+type leadState struct {
+	finished bool    // the key has been released
+	marker   *record // the in-flight marker, once stored
+	fnDone   bool    // fn has returned normally
+}
+
 // lead handles a call that owns its key: it reads the record, replays it or
 // claims the key and runs fn, and releases the key with the outcome.
+//
+// A deferred guard releases the key if anything panics, in fn or after it
+// (a user error's Error method, a fatal Pebble error): a panic in fn deletes
+// the in-flight marker, as an error would; one after fn returned keeps it,
+// since fn's effects happened, and the key reports ErrInterrupted.
 func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.Context) ([]byte, error)) (Result, error) {
+	var st leadState
+	defer func() {
+		if st.finished {
+			return
+		}
+		// Something panicked, or fn called runtime.Goexit: release the
+		// key, tell the followers, and let the panic (or Goexit) go on.
+		r := recover()
+		var err error = errGoexit
+		if r != nil {
+			err = &panicError{value: r}
+		}
+		if st.marker != nil {
+			if st.fnDone {
+				e.orphans.Store(key, struct{}{})
+			} else {
+				e.releaseQuietly(key, st.marker)
+			}
+		}
+		e.finish(&st, key, c, outcome{share: true, err: err}, nil)
+		if r != nil {
+			panic(r)
+		}
+	}()
+
 	rec, found, err := e.store.get(key)
 	if err != nil {
-		return e.finish(key, c, outcome{share: true, err: err})
+		return e.finish(&st, key, c, outcome{share: true, err: err}, nil)
 	}
 	now := e.now()
 	var oldExpires int64 // the index entry of the record being replaced, if any
@@ -338,15 +399,15 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 	if found {
 		if rec.fp != c.fp {
 			e.stats.mismatches.Add(1)
-			return e.finish(key, c, outcome{share: true, err: ErrFingerprintMismatch})
+			return e.finish(&st, key, c, outcome{share: true, err: ErrFingerprintMismatch}, &rec)
 		}
 		switch rec.state {
 		case StateCompleted:
 			e.stats.replays.Add(1)
-			return e.finish(key, c, outcome{share: true, res: rec.result(true)})
+			return e.finish(&st, key, c, outcome{share: true, res: rec.result(true)}, &rec)
 		case StateFailed:
 			e.stats.replays.Add(1)
-			return e.finish(key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.errMsg)}})
+			return e.finish(&st, key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.errMsg)}}, &rec)
 		default:
 			// An in-flight marker, found by the key's owner: either an
 			// earlier process's (an earlier epoch), or one of this
@@ -354,7 +415,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 			// fn's outcome is unknown.
 			e.stats.interrupted.Add(1)
 			if !e.opts.RetryInterrupted {
-				return e.finish(key, c, outcome{share: true, err: ErrInterrupted})
+				return e.finish(&st, key, c, outcome{share: true, err: ErrInterrupted}, nil)
 			}
 			oldExpires = rec.expires
 		}
@@ -364,119 +425,147 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 	}
 	if err := ctx.Err(); err != nil {
 		// This caller gave up; followers retry with their own contexts.
-		return e.finish(key, c, outcome{err: err})
+		return e.finish(&st, key, c, outcome{err: err}, nil)
 	}
 
-	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: now + e.ttl}
-	if err := e.store.put(key, &marker, oldExpires, e.opts.Durability == SyncAll); err != nil {
-		return e.finish(key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)})
+	// The in-flight marker. Under SyncNone, which promises nothing across a
+	// crash, it is not written: the lock table alone keeps duplicates out.
+	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now)}
+	if e.opts.Durability != SyncNone {
+		if err := e.store.put(key, &marker, oldExpires, e.opts.Durability == SyncAll); err != nil {
+			return e.finish(&st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
+		}
+		st.marker = &marker
+		oldExpires = marker.expires
 	}
-	close(c.running)
+	e.locks.setRunning(key, c)
 	e.stats.executions.Add(1)
-	return e.execute(ctx, key, c, &marker, fn)
+
+	v, fnErr := fn(ctx)
+	st.fnDone = true
+	return e.complete(&st, key, c, oldExpires, v, fnErr)
 }
 
-// execute runs fn for a claimed key and stores its outcome.
-func (e *Engine) execute(ctx context.Context, key string, c *call, marker *record, fn func(context.Context) ([]byte, error)) (Result, error) {
-	normal := false
-	defer func() {
-		if normal {
-			return
-		}
-		// fn panicked or called runtime.Goexit: release the key, tell the
-		// followers, and let the panic (or the Goexit) go on.
-		r := recover()
-		e.release(key, marker)
-		var err error = errGoexit
-		if r != nil {
-			err = &panicError{value: r}
-		}
-		e.finish(key, c, outcome{share: true, err: err})
-		if r != nil {
-			panic(r)
-		}
-	}()
-	v, fnErr := fn(ctx)
-	normal = true
-
+// complete stores the outcome of fn for a claimed key. oldExpires is the
+// expiry of the key's index entry to replace (its marker's), if any.
+func (e *Engine) complete(st *leadState, key string, c *call, oldExpires int64, v []byte, fnErr error) (Result, error) {
 	var perm *PermanentError
+	var tooLarge error
 	switch {
 	case fnErr != nil && !errors.As(fnErr, &perm):
-		e.release(key, marker)
-		return e.finish(key, c, outcome{share: true, err: fnErr})
+		e.releaseQuietly(key, st.marker)
+		return e.finish(st, key, c, outcome{share: true, err: fnErr}, nil)
 	case fnErr != nil && len(fnErr.Error()) > e.opts.MaxValueSize:
-		e.release(key, marker)
-		return e.finish(key, c, outcome{share: true, err: fmt.Errorf("%w: Permanent error message of %d bytes is above MaxValueSize %d", ErrTooLarge, len(fnErr.Error()), e.opts.MaxValueSize)})
+		tooLarge = fmt.Errorf("%w: Permanent error message of %d bytes is above MaxValueSize %d", ErrTooLarge, len(fnErr.Error()), e.opts.MaxValueSize)
 	case fnErr == nil && len(v) > e.opts.MaxValueSize:
-		e.release(key, marker)
-		return e.finish(key, c, outcome{share: true, err: fmt.Errorf("%w: value of %d bytes is above MaxValueSize %d", ErrTooLarge, len(v), e.opts.MaxValueSize)})
+		tooLarge = fmt.Errorf("%w: value of %d bytes is above MaxValueSize %d", ErrTooLarge, len(v), e.opts.MaxValueSize)
+	}
+	if tooLarge != nil {
+		e.releaseQuietly(key, st.marker)
+		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
 
 	now := e.now()
-	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: now, expires: now + e.ttl, value: v}
+	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now), value: v}
 	if fnErr != nil {
 		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
 	}
 	// The key stays claimed until this commit has returned: Pebble makes a
 	// synced commit visible before its fsync ends, and no duplicate may be
 	// answered from a record that is not yet durable.
-	if err := e.store.put(key, &rec, marker.expires, e.opts.Durability != SyncNone); err != nil {
+	if err := e.store.put(key, &rec, oldExpires, e.opts.Durability != SyncNone); err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
-		e.orphans.Store(key, struct{}{})
-		return e.finish(key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)})
+		if st.marker != nil {
+			e.orphans.Store(key, struct{}{})
+		}
+		return e.finish(st, key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)}, nil)
 	}
-	return e.finish(key, c, outcome{share: true, res: rec.result(false), err: fnErr})
+	return e.finish(st, key, c, outcome{share: true, res: rec.result(false), err: fnErr}, &rec)
 }
 
-// release deletes the in-flight marker of a call whose fn failed; under
-// SyncAll durably, so that a crash cannot bring the marker back and make the
-// key report ErrInterrupted. If the delete fails, the marker stays and the
-// key reports ErrInterrupted: safe, since the outcome is then unknown to
-// later calls.
-func (e *Engine) release(key string, marker *record) {
-	if err := e.store.remove(key, marker.expires, e.opts.Durability == SyncAll); err != nil {
+// expiry returns the expiry of a record stored at now, saturating rather
+// than overflowing for a huge TTL.
+func (e *Engine) expiry(now int64) int64 {
+	if now > math.MaxInt64-e.ttl {
+		return math.MaxInt64
+	}
+	return now + e.ttl
+}
+
+// releaseQuietly deletes the in-flight marker of a call whose fn failed (if
+// one was written); under SyncAll durably, so that a crash cannot bring the
+// marker back and make the key report ErrInterrupted. If the delete fails,
+// or panics (a fatal Pebble error), the marker stays and the key reports
+// ErrInterrupted: safe, since the outcome is then unknown to later calls.
+func (e *Engine) releaseQuietly(key string, marker *record) {
+	if marker == nil {
+		return
+	}
+	var err error
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("panic: %v", r)
+			}
+		}()
+		err = e.store.remove(key, marker.expires, e.opts.Durability == SyncAll)
+	}()
+	if err != nil {
 		e.orphans.Store(key, struct{}{})
 		e.logger.Error("idem: releasing a key failed; it will report ErrInterrupted", "error", err)
 	}
 }
 
-// finish releases c's key, hands out to its followers, and returns out's
-// result and error to c's own caller.
-func (e *Engine) finish(key string, c *call, out outcome) (Result, error) {
-	e.locks.release(key, c, out)
+// finish releases c's key, caching rec (the key's stored record, if it is
+// to be cached), hands out to its followers, and returns out's result and
+// error to c's own caller.
+func (e *Engine) finish(st *leadState, key string, c *call, out outcome, rec *record) (Result, error) {
+	st.finished = true
+	e.locks.release(key, c, out, rec)
 	return out.res, out.err
 }
 
-// follow waits for the owner c of a key. It returns the outcome to share, or
+// follow waits for the owner of a key. It returns the outcome to share, or
 // retry true when the caller must try to own the key again: the owner was
 // not a Do leader with the same fingerprint, or it left nothing to share.
-func (e *Engine) follow(ctx context.Context, c *call, fp fingerprint) (res Result, err error, retry bool) {
-	running := c.running // nil for maintenance claims: never ready
+func (e *Engine) follow(ctx context.Context, f follower, fp fingerprint) (res Result, err error, retry bool) {
+	c := f.c // only c.fp, c.maint and, after done, c.out may be read
+	checkRunning := func() (Result, error, bool) {
+		if c.fp != fp {
+			e.stats.mismatches.Add(1)
+			return Result{}, ErrFingerprintMismatch, true
+		}
+		if e.opts.NoWait {
+			e.stats.conflicts.Add(1)
+			return Result{}, ErrInFlight, true
+		}
+		return Result{}, nil, false
+	}
 	select {
-	case <-c.done:
+	case <-f.done:
 	default:
+		if f.running {
+			if res, err, stop := checkRunning(); stop {
+				return res, err, false
+			}
+		}
 		e.stats.waits.Add(1)
+		running := f.runningCh // nil when never ready: maintenance, or already running
 	wait:
 		for {
 			select {
-			case <-c.done:
+			case <-f.done:
 				break wait
 			case <-running:
 				running = nil
 				select {
-				case <-c.done:
+				case <-f.done:
 					break wait
 				default:
 				}
-				// fn is running for the key.
-				if c.fp != fp {
-					e.stats.mismatches.Add(1)
-					return Result{}, ErrFingerprintMismatch, false
-				}
-				if e.opts.NoWait {
-					e.stats.conflicts.Add(1)
-					return Result{}, ErrInFlight, false
+				if res, err, stop := checkRunning(); stop {
+					return res, err, false
 				}
 			case <-ctx.Done():
 				e.stats.conflicts.Add(1)
@@ -509,6 +598,8 @@ func (r *record) result(replayed bool) Result {
 }
 
 // Lookup returns key's record, or ErrNotFound if it has none or it expired.
+// It reads the database as it is: a result being stored may show as
+// completed a moment before its fsync ends, while Do still holds the key.
 func (e *Engine) Lookup(key string) (Record, error) {
 	if err := e.checkKey(key); err != nil {
 		return Record{}, err
@@ -557,8 +648,9 @@ func (e *Engine) publicRecord(key string, r *record) Record {
 
 // Forget deletes key's record, so that the next Do for it runs fn. It is the
 // way to release a key that reports ErrInterrupted once its outcome has been
-// reconciled. Forgetting a key with no record does nothing. A key whose fn
-// is running in this process cannot be forgotten: Forget returns ErrInFlight.
+// reconciled. Forgetting a key with no record does nothing. A key that a Do
+// call holds in this process (fn running, or the call reading the key)
+// cannot be forgotten: Forget returns ErrInFlight.
 func (e *Engine) Forget(key string) error {
 	if err := e.checkKey(key); err != nil {
 		return err
@@ -572,14 +664,14 @@ func (e *Engine) Forget(key string) error {
 	}
 	c := newMaintCall()
 	for {
-		owner, ok := e.locks.tryAcquire(key, c)
-		if ok {
+		got, ownerDone := e.locks.tryAcquire(key, c)
+		if got == claimed {
 			break
 		}
-		if !owner.maint {
+		if got == heldByDo {
 			return ErrInFlight
 		}
-		<-owner.done // a sweep or another Forget: brief, no user code
+		<-ownerDone // a sweep or another Forget: brief, no user code
 	}
 	defer e.locks.releaseAll([]string{key}, c)
 	rec, found, err := e.store.get(key)
@@ -746,7 +838,8 @@ func (e *Engine) Stats() Stats {
 // Close closes the engine. New calls return ErrClosed from the moment Close
 // begins; calls in progress, fn included, are waited for, so that every
 // outcome is stored. Then the background sweeper stops and the database is
-// closed. Close returns nil when called again.
+// closed. Close returns nil when called again. Close must not be called from
+// fn: it would wait for fn itself.
 func (e *Engine) Close() error {
 	if e.state.Or(closedBit)&closedBit != 0 {
 		<-e.closed

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand"
 	"runtime"
 	"strings"
@@ -803,4 +804,73 @@ func TestStatsCountWhatHappened(t *testing.T) {
 	require.Equal(t, uint64(1), st.Replays)
 	require.Equal(t, uint64(1), st.Mismatches)
 	require.Greater(t, st.DiskUsage, uint64(0))
+}
+
+type nilMsgError struct{ msg *string }
+
+func (e *nilMsgError) Error() string { return *e.msg } // panics: msg is nil
+
+// A panic after fn returned (here in the user error's Error method) must
+// not leave the key claimed: the next call gets on, with ErrInterrupted
+// since fn's effects happened.
+func TestPanicAfterFnReturnedReleasesTheKey(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	func() {
+		defer func() { require.NotNil(t, recover()) }() // as net/http does for a handler
+		e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
+			return nil, idem.Permanent(&nilMsgError{})
+		})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var c counter
+	_, err := e.Do(ctx, "k", nil, c.fn("v"))
+	require.ErrorIs(t, err, idem.ErrInterrupted)
+	require.Equal(t, int64(0), c.runs.Load())
+	rec, err := e.Lookup("k")
+	require.NoError(t, err)
+	require.Equal(t, idem.StateInterrupted, rec.State)
+	require.NoError(t, e.Forget("k"))
+	_, err = e.Do(ctx, "k", nil, c.fn("v"))
+	require.NoError(t, err)
+}
+
+func TestHugeTTLSaturates(t *testing.T) {
+	e := open(t, nil, "db", &idem.Options{TTL: time.Duration(math.MaxInt64)})
+	var c counter
+	for range 2 {
+		_, err := e.Do(context.Background(), "k", nil, c.fn("v"))
+		require.NoError(t, err)
+	}
+	require.Equal(t, int64(1), c.runs.Load())
+}
+
+// DoValue must refuse stored bytes whose lengths claim more than they hold,
+// rather than let msgpack allocate what they claim.
+func TestDoValueRefusesLengthsBeyondTheStoredBytes(t *testing.T) {
+	type item struct{ A, B, C int64 }
+	e := open(t, nil, "db", nil)
+	ctx := context.Background()
+	for i, v := range [][]byte{
+		{0xdd, 0x04, 0, 0, 0},          // array32 of 67M elements
+		{0xdd, 0xff, 0xff, 0xff, 0xff}, // array32 of 4G elements
+		{0xdf, 0xff, 0xff, 0xff, 0xff}, // map32
+		{0xc6, 0xff, 0xff, 0xff, 0xff}, // bin32
+		{0x91, 0x91, 0x91},             // truncated nesting
+	} {
+		key := fmt.Sprint("k", i)
+		_, err := e.Do(ctx, key, nil, func(context.Context) ([]byte, error) { return v, nil })
+		require.NoError(t, err)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, _, err = idem.DoValue(ctx, e, key, nil, func(context.Context) ([]item, error) { return nil, nil })
+		runtime.ReadMemStats(&after)
+		require.ErrorIs(t, err, idem.ErrCorrupt, "value % x", v)
+		require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "value % x", v)
+	}
+	deep := append(bytes.Repeat([]byte{0x91}, 1000), 0xc0)
+	_, err := e.Do(ctx, "deep", nil, func(context.Context) ([]byte, error) { return deep, nil })
+	require.NoError(t, err)
+	_, _, err = idem.DoValue(ctx, e, "deep", nil, func(context.Context) (any, error) { return nil, nil })
+	require.ErrorIs(t, err, idem.ErrCorrupt)
 }

@@ -165,8 +165,8 @@ func TestSweepKeepsTheEntriesOfHeldKeys(t *testing.T) {
 	now = now.Add(2 * time.Hour)
 
 	holder := newMaintCall()
-	_, ok := e.locks.tryAcquire("b", holder)
-	require.True(t, ok)
+	got, _ := e.locks.tryAcquire("b", holder)
+	require.Equal(t, claimed, got)
 	removed, err := e.Sweep(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 2, removed)
@@ -264,4 +264,16 @@ func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
 		_, err = Open("db", &Options{FS: fs, ReadOnly: ro})
 		require.ErrorContains(t, err, "not an idem database")
 	}
+}
+
+func TestDecodeRefusesAnOutOfRangeState(t *testing.T) {
+	r := record{state: StateCompleted}
+	enc := r.encode()
+	b := bytes.Clone(enc.buf.Bytes())
+	encodePool.Put(enc)
+	// The state is the third byte: a positive fixint. Make it uint16 259,
+	// which truncates to 3 (StateCompleted).
+	b = append(append(b[:2:2], 0xcd, 0x01, 0x03), b[3:]...)
+	_, err := decodeRecord(b)
+	require.ErrorContains(t, err, "invalid stored state 259")
 }

@@ -14,39 +14,66 @@ const numShards = 256
 // by Forget or the sweeper. Other callers of the key find the owner's call and
 // wait on its channels, never on a mutex.
 //
-// A shard's mutex is held only to look up or change its map: never across
+// Each shard also caches the completed records of some of its keys, so that
+// replays of recent keys need no Pebble read. Only a key's owner changes the
+// cache, when it releases the key (after its writes have returned), in the
+// same critical section that removes it as owner: a caller that finds no
+// owner under the mutex finds the cache as current as the database.
+//
+// A shard's mutex is held only to look up or change its maps: never across
 // Pebble I/O and never across fn.
 type lockTable struct {
-	seed   maphash.Seed
-	shards [numShards]lockShard
+	seed       maphash.Seed
+	cacheLimit int // bytes of cached records per shard; 0 disables the cache
+	shards     [numShards]lockShard
 }
 
 type lockShard struct {
-	mu    sync.Mutex       // protects calls and every call's waiters
-	calls map[string]*call // the owner of each key held in this shard
-	_     [48]byte         // keeps neighbouring shards' mutexes off one cache line
+	mu         sync.Mutex               // protects the fields below and every call's guarded fields
+	calls      map[string]*call         // the owner of each key held in this shard
+	cache      map[string]*cachedRecord // completed and failed records, as stored
+	cacheBytes int                      // the size of cache, by cachedRecord.size
+	_          [40]byte                 // keeps neighbouring shards' mutexes off one cache line
+}
+
+// cachedRecord is an immutable copy of a stored completed or failed record.
+type cachedRecord struct {
+	fp               fingerprint
+	failed           bool
+	created, expires int64
+	value            []byte // owned by the cache: copied out, never aliased
+	errMsg           string
+}
+
+// size is what a cached record counts against the cache's limit: its bytes
+// and an estimate of the map's and the struct's overhead.
+func (r *cachedRecord) size(key string) int {
+	return len(key) + len(r.value) + len(r.errMsg) + 160
 }
 
 // A call is one owner's hold on a key.
 type call struct {
 	// fp is the fingerprint digest of a Do leader; maint is true for a
 	// maintenance claim (Forget, Sweep), which has no fingerprint and whose
-	// outcome no follower shares.
+	// outcome no follower shares. Both are set before the call is
+	// registered and not changed while it is.
 	fp    fingerprint
 	maint bool
 
-	// running is closed when a Do leader has stored its in-flight marker and
-	// is about to call fn; it is nil for maintenance claims. done is closed
-	// when the owner has released the key.
-	running chan struct{}
-	done    chan struct{}
+	// Guarded by the shard's mu. The channels are made by the first
+	// follower that needs them, so that a call nobody waits for allocates
+	// none. running is set when a Do leader has stored its in-flight marker
+	// and calls fn; runningCh is closed then. done is closed when the owner
+	// releases the key. waiters counts the followers that found this call;
+	// once released, no follower can join, so the owner reads it after
+	// release without the lock.
+	running   bool
+	runningCh chan struct{}
+	done      chan struct{}
+	waiters   int
 
-	// waiters counts the followers that found this call; guarded by the
-	// shard's mu. Once the call is released, no follower can join, so the
-	// owner reads it after release without the lock.
-	waiters int
-
-	// out is written by the owner before done is closed and only read after.
+	// out is written by the owner after release and before done is closed,
+	// and only read by followers after done is closed.
 	out outcome
 }
 
@@ -57,18 +84,30 @@ type outcome struct {
 	err   error
 }
 
+// leaderCalls recycles the calls of Do leaders that nobody waited for.
+var leaderCalls = sync.Pool{New: func() any { return new(call) }}
+
 func newLeaderCall(fp fingerprint) *call {
-	return &call{fp: fp, running: make(chan struct{}), done: make(chan struct{})}
+	c := leaderCalls.Get().(*call)
+	*c = call{fp: fp}
+	return c
 }
 
+// newMaintCall returns a maintenance claim. It may hold keys of several
+// shards, so its done channel is made here rather than under one shard's
+// mutex.
 func newMaintCall() *call {
 	return &call{maint: true, done: make(chan struct{})}
 }
 
-func (t *lockTable) init() {
+func (t *lockTable) init(cacheBytes int64) {
 	t.seed = maphash.MakeSeed()
+	if cacheBytes > 0 {
+		t.cacheLimit = int(max(cacheBytes/numShards, 1))
+	}
 	for i := range t.shards {
 		t.shards[i].calls = make(map[string]*call)
+		t.shards[i].cache = make(map[string]*cachedRecord)
 	}
 }
 
@@ -76,64 +115,175 @@ func (t *lockTable) shard(key string) *lockShard {
 	return &t.shards[maphash.String(t.seed, key)&(numShards-1)]
 }
 
-// acquire makes c the owner of key if nobody owns it and returns (c, true).
-// Otherwise it registers the caller as a follower of the current owner and
-// returns (owner, false).
-func (t *lockTable) acquire(key string, c *call) (*call, bool) {
+// follower is what a caller that found an owner waits on.
+type follower struct {
+	c         *call
+	running   bool          // the owner already runs fn
+	runningCh chan struct{} // closed when it starts fn; nil if it never will (maintenance) or already does
+	done      chan struct{}
+}
+
+// acquire makes c the owner of key, unless the key has an owner or a cached
+// record that has not expired by now. It returns, in that order of
+// precedence: (nil, f, false) when another call owns the key, with what to
+// wait on; (hit, _, false) with a copy of the cached record; or
+// (nil, _, true) when c now owns the key.
+func (t *lockTable) acquire(key string, c *call, now int64) (*cachedRecord, follower, bool) {
 	s := t.shard(key)
 	s.mu.Lock()
 	if owner, ok := s.calls[key]; ok {
-		owner.waiters++
+		f := s.follow(owner)
+		if !owner.maint {
+			// A maintenance claim may hold keys of other shards, whose
+			// followers hold other mutexes; its outcome is never shared,
+			// so nothing needs its count.
+			owner.waiters++
+		}
 		s.mu.Unlock()
-		return owner, false
+		return nil, f, false
+	}
+	if r, ok := s.cache[key]; ok {
+		if now < r.expires {
+			s.mu.Unlock()
+			return r, follower{}, false
+		}
+		s.uncache(key)
 	}
 	s.calls[key] = c
 	s.mu.Unlock()
-	return c, true
+	return nil, follower{}, true
 }
 
-// tryAcquire makes c the owner of key if nobody owns it. It returns the
-// current owner otherwise, without registering the caller as a follower.
-func (t *lockTable) tryAcquire(key string, c *call) (*call, bool) {
+// follow returns what a follower of owner waits on, making the channels it
+// needs. s.mu must be held.
+func (s *lockShard) follow(owner *call) follower {
+	if owner.done == nil {
+		owner.done = make(chan struct{})
+	}
+	f := follower{c: owner, running: owner.running, done: owner.done}
+	if !owner.maint && !owner.running {
+		if owner.runningCh == nil {
+			owner.runningCh = make(chan struct{})
+		}
+		f.runningCh = owner.runningCh
+	}
+	return f
+}
+
+// claim is the result of tryAcquire.
+type claim int
+
+const (
+	claimed     claim = iota // the caller's call now owns the key
+	heldBySelf               // the caller's call already owned it
+	heldByMaint              // a maintenance claim owns it
+	heldByDo                 // a Do call owns it
+)
+
+// tryAcquire makes c the owner of key if nobody owns it. Otherwise it says
+// who does and returns a channel closed when that owner releases the key,
+// without registering the caller as a follower.
+func (t *lockTable) tryAcquire(key string, c *call) (claim, <-chan struct{}) {
 	s := t.shard(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if owner, ok := s.calls[key]; ok {
-		return owner, false
+	owner, held := s.calls[key]
+	switch {
+	case !held:
+		s.calls[key] = c
+		return claimed, nil
+	case owner == c:
+		return heldBySelf, nil
+	case owner.maint:
+		return heldByMaint, owner.done
 	}
-	s.calls[key] = c
-	return c, true
+	if owner.done == nil {
+		owner.done = make(chan struct{})
+	}
+	return heldByDo, owner.done
 }
 
-// release removes c as the owner of key, stores out for its followers when
-// there are any, and wakes them.
-func (t *lockTable) release(key string, c *call, out outcome) {
+// setRunning records that the Do leader c, owner of key, is about to call fn,
+// and wakes the followers waiting for that.
+func (t *lockTable) setRunning(key string, c *call) {
 	s := t.shard(key)
 	s.mu.Lock()
-	delete(s.calls, key)
-	s.mu.Unlock()
-	if c.waiters > 0 {
-		if out.share && out.res.Value != nil {
-			// The owner's caller owns out.res.Value; followers get their
-			// own copies of an engine-owned one.
-			out.res.Value = cloneBytes(out.res.Value)
-		}
-		c.out = out
+	c.running = true
+	if c.runningCh != nil {
+		close(c.runningCh)
 	}
-	close(c.done)
+	s.mu.Unlock()
+}
+
+// release removes the Do leader c as the owner of key, caches rec (the key's
+// record as now stored, or nil if it has none or is not to be cached), hands
+// out to the followers and wakes them. c must not be used afterwards.
+func (t *lockTable) release(key string, c *call, out outcome, rec *record) {
+	s := t.shard(key)
+	var cr *cachedRecord
+	if rec != nil && t.cacheLimit > 0 && (rec.state == StateCompleted || rec.state == StateFailed) {
+		cr = &cachedRecord{fp: rec.fp, failed: rec.state == StateFailed, created: rec.created, expires: rec.expires, value: cloneBytes(rec.value), errMsg: rec.errMsg}
+	}
+	s.mu.Lock()
+	delete(s.calls, key)
+	s.uncache(key)
+	if cr != nil {
+		s.cacheAdd(key, cr, t.cacheLimit)
+	}
+	done, waiters := c.done, c.waiters
+	s.mu.Unlock()
+	if waiters == 0 {
+		leaderCalls.Put(c)
+		return
+	}
+	if out.share && out.res.Value != nil {
+		// The owner's caller owns out.res.Value; followers get their own
+		// copies of an engine-owned one.
+		out.res.Value = cloneBytes(out.res.Value)
+	}
+	c.out = out
+	close(done)
 }
 
 // releaseAll removes the maintenance claim c from all of keys, which it
-// holds, and wakes the followers. One claim may hold many keys (a sweep
-// batch); its done channel is closed once, when all are released.
+// holds, drops their cached records, and wakes the callers waiting. One claim
+// may hold many keys (a sweep batch); its done channel is closed once, when
+// all are released.
 func (t *lockTable) releaseAll(keys []string, c *call) {
 	for _, key := range keys {
 		s := t.shard(key)
 		s.mu.Lock()
 		delete(s.calls, key)
+		s.uncache(key)
 		s.mu.Unlock()
 	}
 	close(c.done)
+}
+
+// uncache drops key's cached record. s.mu must be held.
+func (s *lockShard) uncache(key string) {
+	if r, ok := s.cache[key]; ok {
+		s.cacheBytes -= r.size(key)
+		delete(s.cache, key)
+	}
+}
+
+// cacheAdd caches r for key, evicting other records (in the map's random
+// order) to stay within limit. s.mu must be held.
+func (s *lockShard) cacheAdd(key string, r *cachedRecord, limit int) {
+	n := r.size(key)
+	if n > limit {
+		return
+	}
+	for k, old := range s.cache {
+		if s.cacheBytes+n <= limit {
+			break
+		}
+		s.cacheBytes -= old.size(k)
+		delete(s.cache, k)
+	}
+	s.cache[key] = r
+	s.cacheBytes += n
 }
 
 func cloneBytes(b []byte) []byte {

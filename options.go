@@ -50,11 +50,12 @@ func (d Durability) String() string {
 
 // Defaults of Options.
 const (
-	DefaultTTL           = 24 * time.Hour
-	DefaultMaxKeySize    = 512
-	DefaultMaxValueSize  = 1 << 20
-	DefaultSweepInterval = time.Minute
-	DefaultCacheSize     = 32 << 20
+	DefaultTTL             = 24 * time.Hour
+	DefaultMaxKeySize      = 512
+	DefaultMaxValueSize    = 1 << 20
+	DefaultSweepInterval   = time.Minute
+	DefaultCacheSize       = 32 << 20
+	DefaultRecordCacheSize = 16 << 20
 )
 
 // maxValueSizeLimit bounds MaxValueSize: a record must fit in one Pebble
@@ -100,6 +101,12 @@ type Options struct {
 	// CacheSize is the size of Pebble's block cache, in bytes. If 0,
 	// DefaultCacheSize (32 MiB); negative is an error.
 	CacheSize int64
+
+	// RecordCacheSize is the memory, in bytes, for an in-memory cache of
+	// completed records, which answers replays of recent keys without a
+	// Pebble read. If 0, DefaultRecordCacheSize (16 MiB); negative turns
+	// the cache off.
+	RecordCacheSize int64
 
 	// Now is the clock. If nil, time.Now.
 	Now func() time.Time
@@ -158,6 +165,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.CacheSize == 0 {
 		c.CacheSize = DefaultCacheSize
+	}
+	if c.RecordCacheSize == 0 {
+		c.RecordCacheSize = DefaultRecordCacheSize
 	}
 	if c.Now == nil {
 		c.Now = time.Now

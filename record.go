@@ -165,8 +165,8 @@ func decodeRecord(b []byte) (record, error) {
 	if err != nil {
 		return r, err
 	}
-	switch State(state) {
-	case StateInFlight, StateCompleted, StateFailed:
+	switch state {
+	case uint64(StateInFlight), uint64(StateCompleted), uint64(StateFailed):
 		r.state = State(state)
 	default:
 		return r, fmt.Errorf("invalid stored state %d", state)

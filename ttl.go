@@ -143,14 +143,15 @@ func (e *Engine) sweepEntries(entries []indexEntry, lower []byte, now int64) (in
 	c := newMaintCall()
 	defer func() { e.locks.releaseAll(claimed, c) }()
 	for _, ent := range entries {
-		if owner, ok := e.locks.tryAcquire(ent.key, c); !ok {
-			if owner != c {
-				// Another call holds the key: leave its entry for a later
-				// sweep.
-				keep = append(keep, ent)
-			}
-			// Otherwise an earlier entry of this batch named the key, and
-			// its record has been dealt with.
+		switch got, _ := e.locks.tryAcquire(ent.key, c); got {
+		case heldBySelf:
+			// An earlier entry of this batch named the key, and its
+			// record has been dealt with.
+			continue
+		case heldByDo, heldByMaint:
+			// Another call holds the key: leave its entry for a later
+			// sweep.
+			keep = append(keep, ent)
 			continue
 		}
 		claimed = append(claimed, ent.key)

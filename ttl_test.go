@@ -3,6 +3,7 @@ package idem_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,4 +114,45 @@ func TestBackgroundSweeper(t *testing.T) {
 	}
 	clk.Advance(idem.DefaultTTL)
 	eventually(t, func() bool { return e.Stats().Swept == 50 }, "the background sweeper did not sweep")
+}
+
+// Do calls for keys that a sweep batch holds wait for it and then go on; a
+// sweep's claim spans many shards at once (run with -race).
+func TestSweepWhileDoCallsTheSameKeys(t *testing.T) {
+	clk := newClock()
+	e := open(t, nil, "db", &idem.Options{Now: clk.Now, TTL: time.Hour})
+	ctx := context.Background()
+	const n = 400
+	var first counter
+	for i := range n {
+		_, err := e.Do(ctx, fmt.Sprint(i), nil, first.fn("v1"))
+		require.NoError(t, err)
+	}
+	clk.Advance(2 * time.Hour)
+	var again counter
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, err := e.Sweep(ctx)
+		require.NoError(t, err)
+	}()
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				res, err := e.Do(ctx, fmt.Sprint(i), nil, again.fn("v2"))
+				require.NoError(t, err)
+				require.Equal(t, "v2", string(res.Value))
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int64(n), again.runs.Load(), "every expired key runs once more")
+	for i := range n {
+		rec, err := e.Lookup(fmt.Sprint(i))
+		require.NoError(t, err, "a record stored during the sweep was lost: %d", i)
+		require.Equal(t, "v2", string(rec.Value))
+	}
 }

@@ -1,10 +1,13 @@
 package idem
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // DoValue is Do for a typed result: fn's value is msgpack-encoded to be
@@ -33,8 +36,97 @@ func DoValue[T any](ctx context.Context, e *Engine, key string, fingerprint []by
 		return got, res, err
 	}
 	var v T
+	if err := checkBounds(res.Value); err != nil {
+		return v, res, fmt.Errorf("%w: key %q: the stored value is not valid msgpack: %w", ErrCorrupt, key, err)
+	}
 	if err := msgpack.Unmarshal(res.Value, &v); err != nil {
 		return v, res, fmt.Errorf("%w: key %q: decoding the stored value as %T: %w", ErrCorrupt, key, v, err)
 	}
 	return v, res, nil
+}
+
+// maxDepth bounds the nesting of a value checkBounds accepts.
+const maxDepth = 256
+
+// checkBounds walks the msgpack value in b and refuses one whose arrays,
+// maps, strings, binaries or extensions claim more elements or bytes than b
+// holds, or that nests deeper than maxDepth. msgpack v5's decoder trusts
+// those lengths when it allocates (its allocation limit does not apply to
+// slices), so a few corrupt bytes could otherwise ask for gigabytes.
+func checkBounds(b []byte) error {
+	rd := bytes.NewReader(b)
+	d := msgpack.GetDecoder()
+	defer msgpack.PutDecoder(d)
+	d.Reset(rd)
+	if err := checkValue(d, rd, 0); err != nil {
+		return err
+	}
+	if rd.Len() != 0 {
+		return fmt.Errorf("%d bytes after the value", rd.Len())
+	}
+	return nil
+}
+
+func checkValue(d *msgpack.Decoder, rd *bytes.Reader, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("nested deeper than %d", maxDepth)
+	}
+	c, err := d.PeekCode()
+	if err != nil {
+		return err
+	}
+	switch {
+	case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+		n, err := d.DecodeArrayLen()
+		if err != nil {
+			return err
+		}
+		if n > rd.Len() { // each element takes at least a byte
+			return fmt.Errorf("array of %d elements in %d bytes", n, rd.Len())
+		}
+		for range n {
+			if err := checkValue(d, rd, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+		n, err := d.DecodeMapLen()
+		if err != nil {
+			return err
+		}
+		if n > rd.Len()/2 { // each entry takes at least two bytes
+			return fmt.Errorf("map of %d entries in %d bytes", n, rd.Len())
+		}
+		for range 2 * n {
+			if err := checkValue(d, rd, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	case msgpcode.IsString(c) || msgpcode.IsBin(c):
+		n, err := d.DecodeBytesLen()
+		if err != nil {
+			return err
+		}
+		return skip(rd, n)
+	case msgpcode.IsExt(c):
+		_, n, err := d.DecodeExtHeader()
+		if err != nil {
+			return err
+		}
+		return skip(rd, n)
+	}
+	return d.Skip() // a scalar: nil, bool, number
+}
+
+func skip(rd *bytes.Reader, n int) error {
+	if n < 0 {
+		return nil // nil
+	}
+	if n > rd.Len() {
+		return fmt.Errorf("length %d exceeds the %d bytes left", n, rd.Len())
+	}
+	_, err := rd.Seek(int64(n), io.SeekCurrent)
+	return err
 }
