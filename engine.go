@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
 	"iter"
 	"log/slog"
@@ -145,9 +146,14 @@ type Engine struct {
 	closed    chan struct{} // closed when Close has finished
 	closeErr  error         // Close's result; read after closed is closed
 
-	stopSweeper context.CancelFunc
-	sweeperDone sync.WaitGroup
-	sweepMu     sync.Mutex // one sweep at a time
+	// bgCtx is the context of the background work (the sweeper, filter
+	// builds); stopBackground cancels it.
+	bgCtx          context.Context
+	stopBackground context.CancelFunc
+	sweeperDone    sync.WaitGroup
+	sweepMu        sync.Mutex // one sweep at a time
+
+	filter keyFilter // the negative path (filter.go)
 
 	// orphans holds the keys whose in-flight marker of this epoch outlived
 	// its call, because storing the outcome failed. Their markers report
@@ -220,11 +226,14 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		lock.Close()
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.stopSweeper = cancel
-	if o.SweepInterval > 0 && !o.ReadOnly {
-		e.sweeperDone.Add(1)
-		go e.sweeper(ctx, o.SweepInterval)
+	e.bgCtx, e.stopBackground = context.WithCancel(context.Background())
+	if !o.ReadOnly {
+		e.filter.seed, e.filter.minKeys = maphash.MakeSeed(), filterMinKeys
+		e.rebuildFilter()
+		if o.SweepInterval > 0 {
+			e.sweeperDone.Add(1)
+			go e.sweeper(e.bgCtx, o.SweepInterval)
+		}
 	}
 	return e, nil
 }
@@ -386,9 +395,16 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 		}
 	}()
 
-	rec, found, err := e.store.get(key)
-	if err != nil {
-		return e.finish(&st, key, c, outcome{share: true, err: err}, nil)
+	var (
+		rec   record
+		found bool
+		err   error
+	)
+	if !e.filter.absent(key) {
+		rec, found, err = e.store.get(key)
+		if err != nil {
+			return e.finish(&st, key, c, outcome{share: true, err: err}, nil)
+		}
 	}
 	now := e.now()
 	var oldExpires int64 // the index entry of the record being replaced, if any
@@ -430,6 +446,10 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 
 	// The in-flight marker. Under SyncNone, which promises nothing across a
 	// crash, it is not written: the lock table alone keeps duplicates out.
+	e.filter.add(key) // before the key's first write
+	if e.filter.full() {
+		e.rebuildFilter()
+	}
 	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now)}
 	if e.opts.Durability != SyncNone {
 		if err := e.store.put(key, &marker, oldExpires, e.opts.Durability == SyncAll); err != nil {
@@ -687,7 +707,24 @@ func (e *Engine) Forget(key string) error {
 		return err
 	}
 	e.orphans.Delete(key)
+	e.filter.removed.Add(1)
 	return nil
+}
+
+// rebuildFilter starts a build of the negative path's filter (filter.go).
+func (e *Engine) rebuildFilter() {
+	e.filter.rebuild(e.bgCtx, filterSource{e}, func(err error) {
+		e.logger.Warn("idem: building the key filter failed; new keys read the database", "error", err)
+	})
+}
+
+// filterSource gives a filter build the keys that have records.
+type filterSource struct{ e *Engine }
+
+func (s filterSource) owned(add func(string)) { s.e.locks.owned(add) }
+
+func (s filterSource) scan(ctx context.Context, add func(string)) error {
+	return s.e.store.recordKeys(ctx, add)
 }
 
 // scanChunk is how many records Records reads per Pebble iterator, so that
@@ -845,12 +882,13 @@ func (e *Engine) Close() error {
 		<-e.closed
 		return nil
 	}
-	e.stopSweeper()
+	e.stopBackground()
 	if e.state.Load() == closedBit {
 		e.drainOnce.Do(func() { close(e.drained) })
 	}
 	<-e.drained
 	e.sweeperDone.Wait()
+	e.filter.wait() // no call is left to start another build
 	err := e.db.Close()
 	if lerr := e.lock.Close(); err == nil {
 		err = lerr

@@ -292,3 +292,15 @@ func cloneBytes(b []byte) []byte {
 	}
 	return append(make([]byte, 0, len(b)), b...)
 }
+
+// owned calls add with every key that a call owns now.
+func (t *lockTable) owned(add func(string)) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for key := range s.calls {
+			add(key)
+		}
+		s.mu.Unlock()
+	}
+}

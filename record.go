@@ -2,6 +2,7 @@ package idem
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -449,4 +450,24 @@ func (s *store) getMeta(k []byte) ([]byte, error) {
 	out := bytes.Clone(v)
 	closer.Close()
 	return out, nil
+}
+
+// recordKeys calls add with the key of every record. It stops with ctx's
+// error when ctx ends.
+func (s *store) recordKeys(ctx context.Context, add func(string)) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
+	if err != nil {
+		return err
+	}
+	n := 0
+	for valid := it.First(); valid; valid = it.Next() {
+		add(string(it.Key()[1:]))
+		if n++; n%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				it.Close()
+				return err
+			}
+		}
+	}
+	return it.Close()
 }

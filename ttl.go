@@ -124,6 +124,7 @@ func (e *Engine) sweep(ctx context.Context) (int, error) {
 		n, err := e.sweepEntries(entries, lower, now)
 		removed += n
 		e.stats.swept.Add(uint64(n))
+		e.filter.removed.Add(int64(n))
 		if err != nil {
 			return removed, fmt.Errorf("idem: sweep: %w", err)
 		}

@@ -1,0 +1,236 @@
+package idem
+
+// Benchmarks of Do against the floor: raw Pebble with the same options, and
+// a map behind a mutex. Run them on a real disk (they use b.TempDir()):
+//
+//	go test -run '^$' -bench . -benchmem -count 6 | tee new.txt
+//	benchstat new.txt
+//
+// Each reports ops/s besides ns/op. "callers" is the number of goroutines
+// calling at once.
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+var benchCallers = []int{1, 16, 64, 256}
+
+// runCallers runs body b.N times in total from callers goroutines; body gets
+// a distinct sequence number each time.
+func runCallers(b *testing.B, callers int, body func(i int64)) {
+	b.Helper()
+	var seq atomic.Int64
+	if callers == 1 {
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			body(int64(i))
+		}
+	} else {
+		procs := runtime.GOMAXPROCS(0)
+		b.SetParallelism((callers + procs - 1) / procs)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				body(seq.Add(1))
+			}
+		})
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+func benchEngine(b *testing.B, o Options) *Engine {
+	b.Helper()
+	if o.SweepInterval == 0 {
+		o.SweepInterval = -1
+	}
+	e, err := Open(b.TempDir(), &o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close() })
+	return e
+}
+
+// benchDB opens a raw Pebble database with the engine's options: the floor.
+func benchDB(b *testing.B) *pebble.DB {
+	b.Helper()
+	e := benchEngine(b, Options{})
+	return e.db
+}
+
+func benchKey(i int64) string {
+	return fmt.Sprintf("key-%012d", i)
+}
+
+var benchValue = make([]byte, 100)
+
+func benchFn(context.Context) ([]byte, error) { return benchValue, nil }
+
+func BenchmarkDoNewKey(b *testing.B) {
+	for _, d := range []Durability{SyncAll, SyncResult, SyncNone} {
+		for _, callers := range benchCallers {
+			b.Run(fmt.Sprintf("%v/callers=%d", d, callers), func(b *testing.B) {
+				e := benchEngine(b, Options{Durability: d})
+				ctx := context.Background()
+				b.ReportAllocs()
+				runCallers(b, callers, func(i int64) {
+					if _, err := e.Do(ctx, benchKey(i), nil, benchFn); err != nil {
+						b.Fatal(err)
+					}
+				})
+			})
+		}
+	}
+}
+
+// loadRecords stores n completed records with keys benchKey(0..n-1)
+// directly, in large batches.
+func loadRecords(b *testing.B, e *Engine, n int) {
+	b.Helper()
+	now := e.now()
+	const batch = 10000
+	for start := 0; start < n; start += batch {
+		bt := e.db.NewBatch()
+		for i := start; i < min(start+batch, n); i++ {
+			key := benchKey(int64(i))
+			r := record{state: StateCompleted, epoch: e.epoch, created: now, expires: now + e.ttl, value: benchValue}
+			enc := r.encode()
+			bt.Set(recordKey(key), enc.buf.Bytes(), nil)
+			encodePool.Put(enc)
+			bt.Set(indexKey(r.expires, key), nil, nil)
+		}
+		if err := bt.Commit(pebble.NoSync); err != nil {
+			b.Fatal(err)
+		}
+		bt.Close()
+	}
+	if err := e.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// replaySets are the key sets of the replay benchmarks: a hot set that any
+// cache holds, and a cold one larger than any.
+var replaySets = []struct {
+	name string
+	keys int
+}{{"hot=1k", 1000}, {"cold=1M", 1000000}}
+
+func replayCallers() []int { return []int{1, runtime.GOMAXPROCS(0)} }
+
+func BenchmarkDoReplay(b *testing.B) {
+	for _, set := range replaySets {
+		if set.keys > 1000 && testing.Short() {
+			continue
+		}
+		e := benchEngine(b, Options{})
+		loadRecords(b, e, set.keys)
+		for _, callers := range replayCallers() {
+			b.Run(fmt.Sprintf("%s/callers=%d", set.name, callers), func(b *testing.B) {
+				ctx := context.Background()
+				b.ReportAllocs()
+				runCallers(b, callers, func(i int64) {
+					key := benchKey(randKey(i, set.keys))
+					res, err := e.Do(ctx, key, nil, benchFn)
+					if err != nil || !res.Replayed {
+						b.Fatal(err, res.Replayed)
+					}
+				})
+			})
+		}
+	}
+}
+
+// randKey spreads sequence numbers over n keys (a multiplicative hash, so
+// that consecutive calls do not hit neighbouring keys).
+func randKey(i int64, n int) int64 {
+	return int64((uint64(i) * 0x9E3779B97F4A7C15 >> 11) % uint64(n))
+}
+
+// BenchmarkDoDuplicates: all callers call Do for the same few keys at once,
+// while fn runs: one call per key runs fn, the others wait for it.
+func BenchmarkDoDuplicates(b *testing.B) {
+	for _, callers := range benchCallers[1:] {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			e := benchEngine(b, Options{Durability: SyncNone})
+			ctx := context.Background()
+			// Each key is asked for by `callers` calls in a row, so most
+			// calls find it in flight or just stored.
+			b.ReportAllocs()
+			runCallers(b, callers, func(i int64) {
+				if _, err := e.Do(ctx, benchKey(i/int64(callers)), nil, benchFn); err != nil {
+					b.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkFloorPebble(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		opts *pebble.WriteOptions
+	}{{"Set(Sync)", pebble.Sync}, {"Set(NoSync)", pebble.NoSync}} {
+		for _, callers := range benchCallers {
+			b.Run(fmt.Sprintf("%s/callers=%d", mode.name, callers), func(b *testing.B) {
+				db := benchDB(b)
+				b.ReportAllocs()
+				runCallers(b, callers, func(i int64) {
+					if err := db.Set(recordKey(benchKey(i)), benchValue, mode.opts); err != nil {
+						b.Fatal(err)
+					}
+				})
+			})
+		}
+	}
+	for _, set := range replaySets {
+		if set.keys > 1000 && testing.Short() {
+			continue
+		}
+		e := benchEngine(b, Options{})
+		loadRecords(b, e, set.keys)
+		for _, callers := range replayCallers() {
+			b.Run(fmt.Sprintf("Get/%s/callers=%d", set.name, callers), func(b *testing.B) {
+				b.ReportAllocs()
+				runCallers(b, callers, func(i int64) {
+					v, closer, err := e.db.Get(recordKey(benchKey(randKey(i, set.keys))))
+					if err != nil {
+						b.Fatal(err)
+					}
+					_ = v
+					closer.Close()
+				})
+			})
+		}
+	}
+}
+
+// BenchmarkFloorMap is the upper bound of an in-memory engine: a map behind
+// a mutex, get-or-set.
+func BenchmarkFloorMap(b *testing.B) {
+	for _, callers := range replayCallers() {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			var mu sync.Mutex
+			m := make(map[string][]byte)
+			b.ReportAllocs()
+			runCallers(b, callers, func(i int64) {
+				key := benchKey(randKey(i, 1000))
+				mu.Lock()
+				v, ok := m[key]
+				if !ok {
+					m[key] = benchValue
+				}
+				mu.Unlock()
+				_ = v
+			})
+		})
+	}
+}
