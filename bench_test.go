@@ -12,10 +12,15 @@ package idem
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -233,4 +238,87 @@ func BenchmarkFloorMap(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkScale loads IDEM_SCALE_RECORDS records (default 5M) with 100-byte
+// random values through Do, then measures replays over all of them in a
+// sub-benchmark (so that the load runs once). It reports the process's peak
+// RSS, the bytes on disk per record against the bytes of key and value, and
+// the replay rate. Run it alone:
+//
+//	go test -run '^$' -bench Scale -benchtime 200000x -timeout 1h
+func BenchmarkScale(b *testing.B) {
+	n := 5_000_000
+	if s := os.Getenv("IDEM_SCALE_RECORDS"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n = v
+	}
+	e := benchEngine(b, Options{Durability: SyncNone})
+	ctx := context.Background()
+	start := time.Now()
+	var next, seeds atomic.Int64
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v := make([]byte, 100)
+			rng := rand.New(rand.NewPCG(uint64(seeds.Add(1)), 1))
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				for j := range v {
+					v[j] = byte(rng.Uint32())
+				}
+				if _, err := e.Do(ctx, benchKey(i), nil, func(context.Context) ([]byte, error) { return v, nil }); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	load := time.Since(start)
+	if err := e.db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if err := e.Compact(ctx); err != nil {
+		b.Fatal(err)
+	}
+	disk := e.Stats().DiskUsage
+	perRecord := float64(disk) / float64(n)
+	keyValue := float64(len(benchKey(0)) + 100)
+	b.Logf("%d records loaded in %v (%.0f/s); disk %d bytes: %.1f bytes/record for %.0f bytes of key and value (%.2fx)",
+		n, load.Round(time.Millisecond), float64(n)/load.Seconds(), disk, perRecord, keyValue, perRecord/keyValue)
+
+	b.Run(fmt.Sprintf("replay/records=%d", n), func(b *testing.B) {
+		b.ReportAllocs()
+		runCallers(b, runtime.GOMAXPROCS(0), func(i int64) {
+			res, err := e.Do(ctx, benchKey(randKey(i, n)), nil, benchFn)
+			if err != nil || !res.Replayed {
+				b.Fatal(err, res.Replayed)
+			}
+		})
+		b.ReportMetric(perRecord, "disk-B/record")
+		b.ReportMetric(perRecord/keyValue, "disk/(key+value)")
+		if rss, err := peakRSS(); err == nil {
+			b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
+		}
+	})
+}
+
+// peakRSS returns the process's peak resident set size (VmHWM), in bytes.
+func peakRSS() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "VmHWM:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/self/status")
 }
