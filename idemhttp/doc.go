@@ -1,0 +1,118 @@
+// Package idemhttp is net/http middleware that implements the
+// Idempotency-Key contract of the IETF HTTPAPI draft "The Idempotency-Key
+// HTTP Header Field" on an idem.Engine, following Stripe's and Shopify's
+// behaviour where the draft is silent. It works with any router that takes
+// an http.Handler (the standard ServeMux, chi, gorilla/mux).
+//
+// # Basics
+//
+//	e, err := idem.Open("/var/lib/myapp/idem", nil)
+//	...
+//	http.ListenAndServe(addr, idemhttp.New(e, nil)(mux))
+//
+// A request of a covered method (Options.Methods: POST and PATCH by default)
+// with an Idempotency-Key header runs the handler once per key:
+//
+//   - The key is the header's value: a Structured Field string, as the draft
+//     specifies ("8e03978e-40d5-43e8-bc93-6894a57f9324", quoted), or the
+//     same bare. It must be 1 to Options.MaxKeyLength (255) bytes of
+//     printable ASCII.
+//   - Options.Scope prefixes it with what the server knows of the client (an
+//     account, a tenant), so that keys of different clients never collide;
+//     EngineKey gives the engine key.
+//   - The request's fingerprint is the SHA-256 of its method, path, raw
+//     query and body (Options.Fingerprint replaces it). The body is read
+//     whole, up to Options.MaxRequestBody (1 MiB), and handed on intact.
+//   - The first request runs the handler. Its client gets the response as
+//     the handler wrote it, once the response is stored.
+//   - A retry with the same key and fingerprint gets the stored response
+//     back, with Idempotent-Replayed: true; the handler does not run.
+//
+// Requests of other methods, and requests without the header (unless
+// Options.Required), pass straight through.
+//
+// # Status codes
+//
+//	400 ProblemKeyRequired     no key header, with Options.Required
+//	400 ProblemKeyInvalid      malformed, empty, too long or non-ASCII key
+//	413 ProblemBodyTooLarge    request body over Options.MaxRequestBody
+//	400 ProblemBodyUnreadable  reading the request body failed
+//	400 ProblemFingerprint     Options.Fingerprint returned an error
+//	422 ProblemKeyMismatch     key reused for a request with another fingerprint
+//	409 ProblemInFlight        a request with the key is being processed (Retry-After: 1)
+//	409 ProblemOutcomeUnknown  the key's request was cut off by a crash (idem.ErrInterrupted)
+//	503 ProblemUnavailable     the engine is closed or read-only
+//	500 ProblemInternal        the engine failed; logged
+//
+// Problems are RFC 9457 application/problem+json objects with type, title,
+// status and detail. Each type URI (the Problem constants) is the address of
+// its documentation. None of them is stored: the client may retry with the
+// same key.
+//
+// # What is stored
+//
+// By default every response with a status below 500 (Options.Store): the
+// status, the header fields the handler set, except the hop-by-hop ones
+// (Connection and those it names, Keep-Alive, Proxy-*, TE, Trailer,
+// Transfer-Encoding, Upgrade) and Options.ExcludeHeaders (Set-Cookie), and
+// the body, in a versioned binary encoding (version 1: a version byte, flags,
+// then the status, the header fields and the body, length-prefixed).
+// Header fields set by handlers outside the middleware are neither seen nor
+// stored.
+//
+// A response that Options.Store refuses (a 5xx) is not stored: the key is
+// released, and the client's retry runs the handler again. So a handler must
+// answer such a status only when it has committed nothing it cannot redo.
+//
+// A response larger than Options.MaxStoredSize (1 MiB, which must not exceed
+// the engine's Options.MaxValueSize) is stored without its body: the client
+// that ran the handler gets the whole response, and retries get the status
+// and header with Idempotent-Body-Omitted: true and an empty body. The
+// handler does not run again: a response too large to keep does not make
+// the request run twice. (If the header fields alone are too large, only the
+// status is kept, and Idempotent-Headers-Omitted: true is sent too.)
+//
+// # Concurrent duplicates
+//
+// A request whose key is in use by a request whose handler is running gets
+// 409 at once, as the draft says (Stripe and Shopify do the same). With
+// Options.Wait, it waits up to that long for the running request's response
+// and replays it, and gets 409 after that. A request that waited for a
+// response that is not stored (a 5xx) gets that response, without
+// Idempotent-Replayed (nothing was replayed from the store; a retry runs the
+// handler). A duplicate with another fingerprint gets 422 at once.
+//
+// A request that arrives between the end of the running handler and the
+// moment its response is stored (an fsync, under idem.SyncAll) waits for the
+// store and gets the replay.
+//
+// # Caveats
+//
+//   - The response is buffered in memory, whole, before anything is sent:
+//     the handler of a covered request cannot stream. Flush, Hijack and
+//     EnableFullDuplex through http.ResponseController return
+//     http.ErrNotSupported; SetReadDeadline and SetWriteDeadline work.
+//     Informational responses (1xx, such as 103 Early Hints) and trailers
+//     are dropped. The request body is buffered whole too.
+//   - The client that ran the handler gets its response only once it is
+//     stored (durably, under idem.SyncAll), so a response it has seen is
+//     always replayed to its retries.
+//   - If the handler panics, the key is released, nothing is stored and the
+//     panic reaches net/http (http.ErrAbortHandler included). A request
+//     waiting for it gets 500.
+//   - A key whose handler was running when the process stopped answers 409
+//     ProblemOutcomeUnknown until it expires, or until an operator who has
+//     reconciled it calls the engine's Forget with its EngineKey. With the
+//     engine's Options.RetryInterrupted the handler runs again instead.
+//   - Requests that wait in the engine are cancelled by the request whose
+//     handler runs, which only this middleware value knows of. A request for
+//     a key whose handler runs through another middleware value, or a direct
+//     Do, on the same engine, waits for it instead of getting 409 (it is
+//     still never run twice): wrap the routes that share keys with one
+//     middleware, or give them different scopes.
+//   - If storing the response fails after the handler ran (the record is
+//     larger than the engine's MaxValueSize because Options.MaxStoredSize is
+//     set above it, or a storage error), the client still gets the handler's
+//     response and the error is logged; a retry then runs the handler again
+//     (too large) or gets ProblemOutcomeUnknown (storage error).
+package idemhttp

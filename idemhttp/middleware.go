@@ -1,0 +1,227 @@
+package idemhttp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+
+	"github.com/idemkv/idem"
+)
+
+// Response headers the middleware sets.
+const (
+	// HeaderReplayed is set to "true" on a response replayed from the
+	// store, for which the handler did not run (Stripe's header).
+	HeaderReplayed = "Idempotent-Replayed"
+	// HeaderBodyOmitted is set to "true" on a replay whose body was not
+	// stored, because the response was over Options.MaxStoredSize.
+	HeaderBodyOmitted = "Idempotent-Body-Omitted"
+	// HeaderHeadersOmitted is set to "true" on a replay whose header fields
+	// were not stored either, because they alone were over
+	// Options.MaxStoredSize.
+	HeaderHeadersOmitted = "Idempotent-Headers-Omitted"
+)
+
+// New returns a middleware that makes the requests of the covered methods
+// (Options.Methods: POST and PATCH by default) idempotent by their
+// Idempotency-Key header, with e as the store. A nil opts means the
+// defaults. It panics if e is nil or an option is invalid.
+//
+// The middleware can wrap any http.Handler: a whole ServeMux, a router, or
+// single routes. All the handlers wrapped by one middleware share its
+// knowledge of the requests in progress, so wrap every route that shares a
+// key space (an engine and a scope) with the same middleware; see the
+// package documentation's caveats.
+func New(e *idem.Engine, opts *Options) func(http.Handler) http.Handler {
+	if e == nil {
+		panic("idemhttp: New called with a nil *idem.Engine")
+	}
+	c := newConfig(opts)
+	f := newFlights(c.Wait)
+	return func(next http.Handler) http.Handler {
+		return &middleware{e: e, c: c, flights: f, next: next}
+	}
+}
+
+// middleware is the http.Handler New's result wraps around a handler.
+type middleware struct {
+	e       *idem.Engine
+	c       *config
+	flights *flights // shared by every handler one New wraps
+	next    http.Handler
+}
+
+// notStoredError is what fn returns to the engine for a response that
+// Options.Store refuses: an ordinary error, so the engine releases the key
+// and hands the error to the requests waiting for this one, which write out
+// its response.
+type notStoredError struct {
+	resp   *response // as recorded
+	shared *response // the same with the header stored responses keep
+}
+
+func (e *notStoredError) Error() string {
+	return fmt.Sprintf("idemhttp: the handler answered %d, which is not stored", e.resp.status)
+}
+
+// ServeHTTP implements http.Handler.
+func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !m.c.methods[r.Method] {
+		m.next.ServeHTTP(w, r)
+		return
+	}
+	values := r.Header.Values(m.c.Header)
+	if len(values) == 0 {
+		if m.c.Required {
+			writeProblem(w, http.StatusBadRequest, ProblemKeyRequired,
+				fmt.Sprintf("The %s header is required for %s requests.", m.c.Header, r.Method), 0)
+			return
+		}
+		m.next.ServeHTTP(w, r)
+		return
+	}
+	key, err := parseKey(values, m.c.MaxKeyLength)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, ProblemKeyInvalid,
+			fmt.Sprintf("The %s header is invalid: %v.", m.c.Header, err), 0)
+		return
+	}
+	body, err := readBody(r, m.c.MaxRequestBody)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeProblem(w, http.StatusRequestEntityTooLarge, ProblemBodyTooLarge,
+				fmt.Sprintf("The request body is larger than %d bytes.", tooLarge.Limit), 0)
+			return
+		}
+		writeProblem(w, http.StatusBadRequest, ProblemBodyUnreadable,
+			"The request body could not be read.", 0)
+		return
+	}
+	fpReq := r.WithContext(r.Context())
+	fpReq.Body = io.NopCloser(bytes.NewReader(body))
+	fp, err := m.c.Fingerprint(fpReq, body)
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, ProblemFingerprint, err.Error(), 0)
+		return
+	}
+	scope := ""
+	if m.c.Scope != nil {
+		scope = m.c.Scope(r)
+	}
+	r = r.WithContext(r.Context()) // a shallow copy, not to change the caller's request
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	m.serve(w, r, EngineKey(scope, key), fp)
+}
+
+// readBody reads r's body, up to limit bytes. A longer body is an error
+// matching *http.MaxBytesError, as is one from an http.MaxBytesReader set by
+// an outer handler.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	return b, nil
+}
+
+// serve runs the handler once for key, or answers with the outcome of the
+// request that did.
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, fp []byte) {
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	wt := &waiter{fp: fp, cancel: cancel}
+	m.flights.enter(key, wt)
+	defer m.flights.leave(key, wt)
+
+	var own *response // the response of the handler, if it ran for this request
+	res, err := m.e.Do(ctx, key, fp, func(context.Context) ([]byte, error) {
+		// The handler runs with the request's context, not ctx: ctx is
+		// only this request's patience as a duplicate.
+		m.flights.start(key, wt)
+		defer m.flights.stop(key, wt)
+		rec := newRecorder(w)
+		m.next.ServeHTTP(rec, r)
+		own = rec.result()
+		stored := &response{status: own.status, header: storedHeader(own.header, m.c.exclude), body: own.body}
+		if !m.c.Store(own.status) {
+			return nil, &notStoredError{resp: own, shared: stored}
+		}
+		return encodeResponse(stored, m.c.MaxStoredSize), nil
+	})
+
+	var notStored *notStoredError
+	if own != nil {
+		// The handler ran for this request: its client gets the response
+		// as written, whatever became of storing it.
+		if err != nil && !errors.As(err, &notStored) {
+			m.c.Logger.ErrorContext(r.Context(), "idemhttp: the handler ran but its response could not be stored; a retry will run it again, or report its outcome as unknown",
+				"key", key, "status", own.status, "error", err)
+		}
+		own.write(w)
+		return
+	}
+	switch {
+	case err == nil:
+		resp, derr := decodeResponse(res.Value)
+		if derr != nil {
+			m.internalError(w, r, key, fmt.Errorf("%w: key %q: decoding the stored response: %w", idem.ErrCorrupt, key, derr))
+			return
+		}
+		extra := []string{HeaderReplayed, "true"}
+		if resp.bodyOmitted {
+			extra = append(extra, HeaderBodyOmitted, "true")
+		}
+		if resp.headerOmitted {
+			extra = append(extra, HeaderHeadersOmitted, "true")
+		}
+		resp.write(w, extra...)
+	case errors.As(err, &notStored):
+		// This request waited for one whose response is not stored (a 5xx
+		// by default): it gets that response, which is not a replay. The
+		// key is free again, so its client's retry runs the handler.
+		notStored.shared.write(w)
+	case errors.Is(err, idem.ErrFingerprintMismatch):
+		writeProblem(w, http.StatusUnprocessableEntity, ProblemKeyMismatch,
+			fmt.Sprintf("The %s was used for a request with a different method, path or payload.", m.c.Header), 0)
+	case errors.Is(err, idem.ErrInterrupted):
+		writeProblem(w, http.StatusConflict, ProblemOutcomeUnknown,
+			"A request with this key was being processed when the server stopped; whether it took effect is unknown, so it will not be processed again.", 0)
+	case errors.Is(err, idem.ErrInFlight), ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		detail := "A request with this key is still being processed; retry later."
+		if errors.Is(context.Cause(ctx), errWaitedLong) {
+			detail = fmt.Sprintf("A request with this key is still being processed after waiting %v; retry later.", m.c.Wait)
+		}
+		writeProblem(w, http.StatusConflict, ProblemInFlight, detail, 1)
+	case errors.Is(err, idem.ErrInvalidKey):
+		writeProblem(w, http.StatusBadRequest, ProblemKeyInvalid,
+			fmt.Sprintf("The %s is too long for the store.", m.c.Header), 0)
+	case errors.Is(err, idem.ErrClosed):
+		writeProblem(w, http.StatusServiceUnavailable, ProblemUnavailable,
+			"The idempotency store is closed.", 0)
+	case errors.Is(err, idem.ErrReadOnly):
+		writeProblem(w, http.StatusServiceUnavailable, ProblemUnavailable,
+			"The idempotency store is read-only.", 0)
+	default:
+		m.internalError(w, r, key, err)
+	}
+}
+
+// internalError logs err and answers 500.
+func (m *middleware) internalError(w http.ResponseWriter, r *http.Request, key string, err error) {
+	m.c.Logger.ErrorContext(r.Context(), "idemhttp: engine error", "key", key, "error", err)
+	writeProblem(w, http.StatusInternalServerError, ProblemInternal,
+		"The idempotency store failed; retry later.", 0)
+}

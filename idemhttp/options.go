@@ -1,0 +1,184 @@
+package idemhttp
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/textproto"
+	"time"
+
+	"github.com/idemkv/idem"
+)
+
+// Defaults of Options.
+const (
+	// DefaultHeader is the request header that carries the key, as the IETF
+	// draft names it.
+	DefaultHeader = "Idempotency-Key"
+	// DefaultMaxKeyLength is the longest key a client may send, in bytes
+	// (Stripe's limit).
+	DefaultMaxKeyLength = 255
+	// DefaultMaxRequestBody is the largest request body read, in bytes.
+	DefaultMaxRequestBody = 1 << 20
+	// DefaultMaxStoredSize is the largest encoded response stored, in bytes:
+	// the engine's default MaxValueSize.
+	DefaultMaxStoredSize = idem.DefaultMaxValueSize
+)
+
+// minStoredSize is the smallest MaxStoredSize accepted: room for a record
+// that keeps the status alone, with some to spare.
+const minStoredSize = 16
+
+// Options configure the middleware. A nil *Options, and every zero field,
+// means the default. New copies the options; it never modifies the
+// caller's.
+type Options struct {
+	// Header is the request header that carries the idempotency key. If "",
+	// DefaultHeader ("Idempotency-Key").
+	Header string
+
+	// Methods are the request methods the middleware covers; requests with
+	// other methods pass straight through to the handler. Methods compare
+	// exactly (they are case-sensitive). If nil, POST and PATCH.
+	Methods []string
+
+	// Required makes a request of a covered method without the key header
+	// fail with 400 (ProblemKeyRequired). Default false: such a request
+	// passes straight through to the handler.
+	Required bool
+
+	// MaxKeyLength is the longest key accepted, in bytes; a longer one gets
+	// 400 (ProblemKeyInvalid). The engine key (see EngineKey) adds the
+	// scope and its length, and must fit in the engine's MaxKeySize (512
+	// bytes by default), else the request gets 400 too. If 0,
+	// DefaultMaxKeyLength (255); negative makes New panic.
+	MaxKeyLength int
+
+	// MaxRequestBody is the largest request body read to fingerprint the
+	// request, in bytes; a larger one gets 413 (ProblemBodyTooLarge)
+	// without reaching the handler. If 0, DefaultMaxRequestBody (1 MiB);
+	// negative makes New panic.
+	MaxRequestBody int64
+
+	// Fingerprint computes the fingerprint of a request of a covered method
+	// with a key: a request that reuses a key with another fingerprint gets
+	// 422 (ProblemKeyMismatch). body is the whole request body; r's Body
+	// is a copy of it, which the function may read. If the function
+	// returns an error, the request gets 400 (ProblemFingerprint) with the
+	// error's message as the detail, and the handler does not run. If nil,
+	// RequestFingerprint: SHA-256 over the method, the path, the raw query
+	// and the body.
+	Fingerprint func(r *http.Request, body []byte) ([]byte, error)
+
+	// Scope returns what the server knows of the client (an account, a
+	// tenant): keys of different scopes never collide. The engine key
+	// combines it with the client's key without ambiguity (see EngineKey).
+	// If nil, every client shares one scope: "".
+	Scope func(r *http.Request) string
+
+	// Store reports whether a response with the status is stored and
+	// replayed. A response it refuses releases the key: the next request
+	// with the key runs the handler again, so the handler must not have
+	// committed anything it cannot redo when it answers such a status. If
+	// nil, every status below 500 is stored.
+	Store func(status int) bool
+
+	// ExcludeHeaders names the response headers that are not stored (nor
+	// replayed), besides the hop-by-hop headers, which never are. Names
+	// compare case-insensitively. If nil, Set-Cookie: a session cookie is
+	// the first client's, not every retry's. An empty, non-nil slice stores
+	// every end-to-end header.
+	ExcludeHeaders []string
+
+	// MaxStoredSize is the largest encoded response stored, in bytes:
+	// status, headers and body, plus a few bytes of framing. A response
+	// over it is stored without its body (and, if the headers alone are
+	// still over it, without its headers), and replayed with the header
+	// Idempotent-Body-Omitted: true (Idempotent-Headers-Omitted: true);
+	// the handler still does not run again. It must not be above the
+	// engine's Options.MaxValueSize: the engine would refuse the record
+	// after the handler ran, the key would be released and the next
+	// request would run the handler again. If 0, DefaultMaxStoredSize
+	// (1 MiB, the engine's default MaxValueSize); negative or below 16
+	// makes New panic.
+	MaxStoredSize int
+
+	// Wait is how long a request waits for the response of a request with
+	// the same key and fingerprint whose handler is running, to replay it.
+	// After Wait, or at once if Wait is 0 (the default, the draft's
+	// behaviour), the request gets 409 (ProblemInFlight) with Retry-After:
+	// 1. Waiting needs an engine opened without Options.NoWait: with it,
+	// the engine refuses at once, and so does the middleware. Negative
+	// makes New panic.
+	Wait time.Duration
+
+	// Logger receives the errors that the client only sees as a 500 or 503
+	// problem, and responses the engine could not store after the handler
+	// ran. If nil, slog.Default().
+	Logger *slog.Logger
+}
+
+// config is the middleware's validated configuration.
+type config struct {
+	Options
+	methods map[string]bool
+	exclude map[string]bool // canonical header names
+}
+
+// newConfig returns a copy of o with the defaults filled in; it panics on an
+// invalid field.
+func newConfig(o *Options) *config {
+	c := &config{}
+	if o != nil {
+		c.Options = *o
+	}
+	switch {
+	case c.MaxKeyLength < 0:
+		panic(fmt.Sprintf("idemhttp: Options.MaxKeyLength is negative (%d)", c.MaxKeyLength))
+	case c.MaxRequestBody < 0:
+		panic(fmt.Sprintf("idemhttp: Options.MaxRequestBody is negative (%d)", c.MaxRequestBody))
+	case c.MaxStoredSize < 0 || c.MaxStoredSize > 0 && c.MaxStoredSize < minStoredSize:
+		panic(fmt.Sprintf("idemhttp: Options.MaxStoredSize %d is below %d", c.MaxStoredSize, minStoredSize))
+	case c.Wait < 0:
+		panic(fmt.Sprintf("idemhttp: Options.Wait is negative (%v)", c.Wait))
+	}
+	if c.Header == "" {
+		c.Header = DefaultHeader
+	}
+	if c.Methods == nil {
+		c.Methods = []string{http.MethodPost, http.MethodPatch}
+	}
+	if c.MaxKeyLength == 0 {
+		c.MaxKeyLength = DefaultMaxKeyLength
+	}
+	if c.MaxRequestBody == 0 {
+		c.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if c.Fingerprint == nil {
+		c.Fingerprint = RequestFingerprint
+	}
+	if c.Store == nil {
+		c.Store = func(status int) bool { return status < 500 }
+	}
+	if c.ExcludeHeaders == nil {
+		c.ExcludeHeaders = []string{"Set-Cookie"}
+	}
+	if c.MaxStoredSize == 0 {
+		c.MaxStoredSize = DefaultMaxStoredSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.methods = make(map[string]bool, len(c.Methods))
+	for _, m := range c.Methods {
+		c.methods[m] = true
+	}
+	c.exclude = make(map[string]bool, len(c.ExcludeHeaders))
+	for _, h := range c.ExcludeHeaders {
+		c.exclude[textproto.CanonicalMIMEHeaderKey(h)] = true
+	}
+	// Copy the slices, so that the caller may change theirs.
+	c.Methods = append([]string(nil), c.Methods...)
+	c.ExcludeHeaders = append([]string(nil), c.ExcludeHeaders...)
+	return c
+}
