@@ -1,0 +1,461 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/idemkv/idem"
+)
+
+// The commands that only read: stats, ls, get and interrupted. Each opens
+// the database with Options.ReadOnly, which changes nothing in the
+// directory. A read-only engine reads every in-flight marker as
+// interrupted: the directory is not open in another process (it would be
+// locked), so no fn is running for it.
+
+// stateCorrupt is the state ls and stats show for a record that cannot be
+// decoded (an error matching idem.ErrCorrupt).
+const stateCorrupt = "corrupt"
+
+// statsCommand is the stats subcommand.
+func statsCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("stats", "stats DIR",
+		`Stats reads the idem database in DIR, read-only, and reports its records by
+state, the stored size of their keys and values, the oldest and newest
+expiry, and Pebble's figures: disk usage (with the files behind it), read
+amplification and compactions. Expired records that no sweep has removed yet
+are not counted.`,
+		`idem stats /var/lib/payments/idem`, stdin, stdout, stderr)
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return c.usageError("want one argument, the database's directory; got %d", len(pos))
+	}
+	dir := pos[0]
+	e, err := openReadOnly(dir)
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.closeEngine(e, c.stats(e, dir))
+}
+
+// recordStats are the figures stats gathers from the records.
+type recordStats struct {
+	byState          map[string]int
+	total            int
+	keyBytes         int64
+	valueBytes       int64 // values and error messages
+	oldest, newest   time.Time
+	oldestK, newestK string
+}
+
+func (c *cli) stats(e *idem.Engine, dir string) int {
+	rs := recordStats{byState: make(map[string]int)}
+	for r, err := range e.Records("") {
+		if errors.Is(err, idem.ErrCorrupt) {
+			rs.byState[stateCorrupt]++
+			rs.total++
+			continue
+		}
+		if err != nil {
+			return c.fail(err)
+		}
+		rs.total++
+		rs.byState[r.State.String()]++
+		rs.keyBytes += int64(len(r.Key))
+		rs.valueBytes += int64(max(recordSize(&r), 0))
+		if rs.oldest.IsZero() || r.ExpiresAt.Before(rs.oldest) {
+			rs.oldest, rs.oldestK = r.ExpiresAt, r.Key
+		}
+		if rs.newest.IsZero() || r.ExpiresAt.After(rs.newest) {
+			rs.newest, rs.newestK = r.ExpiresAt, r.Key
+		}
+	}
+	st := e.Stats()
+	files := dirFiles(dir)
+	now := time.Now()
+
+	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "database\t%s\n", dir)
+	fmt.Fprintf(tw, "records\t%d\n", rs.total)
+	for _, s := range []string{"completed", "failed", "interrupted", stateCorrupt} {
+		if n := rs.byState[s]; n > 0 || s != stateCorrupt {
+			fmt.Fprintf(tw, "  %s\t%d\n", s, n)
+		}
+	}
+	fmt.Fprintf(tw, "keys\t%s\t(stored size, before compression)\n", formatBytes(rs.keyBytes))
+	fmt.Fprintf(tw, "values\t%s\t(values and error messages)\n", formatBytes(rs.valueBytes))
+	if rs.total > rs.byState[stateCorrupt] {
+		fmt.Fprintf(tw, "oldest expiry\t%s\t(%s, key %s)\n", formatTime(rs.oldest), relative(rs.oldest, now), displayKey(rs.oldestK))
+		fmt.Fprintf(tw, "newest expiry\t%s\t(%s, key %s)\n", formatTime(rs.newest), relative(rs.newest, now), displayKey(rs.newestK))
+	} else {
+		fmt.Fprint(tw, "oldest expiry\t-\n")
+		fmt.Fprint(tw, "newest expiry\t-\n")
+	}
+	fmt.Fprintf(tw, "disk usage\t%s\t(%d bytes: Pebble's count of its tables and log)\n", formatBytes(int64(st.DiskUsage)), st.DiskUsage)
+	var total fileGroup
+	for _, f := range files {
+		total.count += f.count
+		total.bytes += f.bytes
+	}
+	fmt.Fprintf(tw, "files\t%s\t(%d in the directory)\n", formatBytes(total.bytes), total.count)
+	for _, f := range files {
+		fmt.Fprintf(tw, "  %s\t%s\t(%d %s)\n", f.kind, formatBytes(f.bytes), f.count, plural(f.count, "file", "files"))
+	}
+	fmt.Fprintf(tw, "read amplification\t%d\t(sstable levels a read may visit)\n", st.ReadAmplification)
+	fmt.Fprintf(tw, "compactions\t%d\t(during this command; Pebble keeps no count across opens)\n", st.Compactions)
+	tw.Flush()
+	if n := rs.byState["interrupted"]; n > 0 {
+		fmt.Fprintf(c.stderr, "idem stats: %d interrupted %s: see 'idem interrupted %s'\n", n, plural(n, "key", "keys"), dir)
+	}
+	return exitOK
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// fileGroup is the files of one kind in a database's directory.
+type fileGroup struct {
+	kind  string
+	count int
+	bytes int64
+}
+
+// dirFiles sums the sizes of the files in dir by kind: Pebble's sstables,
+// blob files (values stored apart from the sstables), write-ahead log, and
+// the rest (manifest, options, markers). A file that cannot be read is
+// left out: the figures are for the reader.
+func dirFiles(dir string) []fileGroup {
+	groups := []fileGroup{{kind: "sstables"}, {kind: "blob files"}, {kind: "WAL"}, {kind: "other"}}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	for _, ent := range ents {
+		info, err := ent.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		g := &groups[3]
+		switch filepath.Ext(ent.Name()) {
+		case ".sst":
+			g = &groups[0]
+		case ".blob":
+			g = &groups[1]
+		case ".log":
+			g = &groups[2]
+		}
+		g.count++
+		g.bytes += info.Size()
+	}
+	return groups
+}
+
+// parseState checks an --state value: a state's name, or "corrupt". There
+// is no "in-flight": a read-only engine reads every in-flight marker as
+// interrupted.
+func parseState(s string) (string, bool) {
+	switch s {
+	case "", "completed", "failed", "interrupted", stateCorrupt:
+		return s, true
+	}
+	return "", false
+}
+
+// lsCommand is the ls subcommand.
+func lsCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("ls", "ls DIR [--state S] [--prefix P] [--limit N] [--json]",
+		`Ls lists the live records of the idem database in DIR, read-only, in key
+order: key, state, when it was stored, when it expires, and the size of its
+value (of its error message for a failed record; "-" for an interrupted one).
+Keys that are not printable or hold spaces are quoted. A record that cannot be
+decoded is listed with the state "corrupt".`,
+		`idem ls /var/lib/payments/idem --state failed --prefix tenant-42/ --limit 20
+idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key'`,
+		stdin, stdout, stderr)
+	var (
+		state, prefix string
+		limit         int
+		asJSON        bool
+	)
+	c.flags.StringVar(&state, "state", "", "only records in state `S`: completed, failed, interrupted or corrupt")
+	c.flags.StringVar(&prefix, "prefix", "", "only keys that start with `P`")
+	c.flags.IntVar(&limit, "limit", 0, "at most `N` records (0: all)")
+	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	switch {
+	case len(pos) != 1:
+		return c.usageError("want one argument, the database's directory; got %d", len(pos))
+	case limit < 0:
+		return c.usageError("--limit must be 0 or more, not %d", limit)
+	}
+	if _, ok := parseState(state); !ok {
+		return c.usageError("--state must be completed, failed, interrupted or corrupt, not %q", state)
+	}
+	e, err := openReadOnly(pos[0])
+	if err != nil {
+		return c.fail(err)
+	}
+	keep := func(r *idem.Record, err error) bool {
+		if err != nil {
+			return state == "" || state == stateCorrupt
+		}
+		return state == "" || r.State.String() == state
+	}
+	return c.closeEngine(e, c.list(e.Records(prefix), keep, limit, asJSON, false))
+}
+
+// interruptedCommand is the interrupted subcommand.
+func interruptedCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("interrupted", "interrupted DIR [--json]",
+		`Interrupted lists, read-only, the keys of the idem database in DIR whose fn
+was running when a process stopped (crashed, or was killed): their outcome is
+unknown, and Do returns ErrInterrupted for them until they expire or are
+forgotten. For each, find out whether its operation took effect (the created
+time is when fn started), settle it, then release the key with
+'idem forget DIR KEY...' so that the next call runs fn again.`,
+		`idem interrupted /var/lib/payments/idem`, stdin, stdout, stderr)
+	var asJSON bool
+	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return c.usageError("want one argument, the database's directory; got %d", len(pos))
+	}
+	dir := pos[0]
+	e, err := openReadOnly(dir)
+	if err != nil {
+		return c.fail(err)
+	}
+	var n int
+	keep := func(*idem.Record, error) bool { n++; return true }
+	code = c.closeEngine(e, c.list(e.Interrupted(), keep, 0, asJSON, true))
+	if code == exitOK && !asJSON {
+		if n == 0 {
+			fmt.Fprintln(c.stderr, "idem interrupted: no interrupted keys")
+		} else {
+			fmt.Fprintf(c.stderr, "idem interrupted: %d %s; reconcile each, then: idem forget %s KEY...\n", n, plural(n, "key", "keys"), dir)
+		}
+	}
+	return code
+}
+
+// tableFlush is how many rows a table is aligned over: the table is
+// written in blocks of that many rows, so that a large listing streams.
+const tableFlush = 1000
+
+// list writes the records of seq that keep accepts, at most limit of them
+// (all if 0), as a table or as JSON lines. The table of interrupted records
+// has the columns that matter for them: key, when fn started, and when the
+// marker expires. A record that cannot be decoded is listed as corrupt;
+// another error ends the listing with a failure.
+func (c *cli) list(seq func(func(idem.Record, error) bool), keep func(*idem.Record, error) bool, limit int, asJSON, interrupted bool) int {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetEscapeHTML(false)
+	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
+	switch {
+	case asJSON:
+	case interrupted:
+		fmt.Fprint(tw, "KEY\tSTARTED\tEXPIRES\n")
+	default:
+		fmt.Fprint(tw, "KEY\tSTATE\tCREATED\tEXPIRES\tSIZE\n")
+	}
+	n := 0
+	for r, err := range seq {
+		if err != nil && !errors.Is(err, idem.ErrCorrupt) {
+			tw.Flush()
+			return c.fail(err)
+		}
+		if !keep(&r, err) {
+			continue
+		}
+		if asJSON {
+			if err := enc.Encode(toJSON(&r, err, false)); err != nil {
+				return c.fail(err)
+			}
+		} else if err != nil && interrupted {
+			fmt.Fprintf(tw, "%s\t(%s record)\t-\n", displayKey(r.Key), stateCorrupt)
+		} else if err != nil {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\n", displayKey(r.Key), stateCorrupt)
+		} else if interrupted {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", displayKey(r.Key), formatTime(r.CreatedAt), formatTime(r.ExpiresAt))
+		} else {
+			size := "-"
+			if s := recordSize(&r); s >= 0 {
+				size = fmt.Sprint(s)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", displayKey(r.Key), r.State, formatTime(r.CreatedAt), formatTime(r.ExpiresAt), size)
+		}
+		n++
+		if n%tableFlush == 0 {
+			tw.Flush()
+		}
+		if n == limit {
+			break
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return c.fail(err)
+	}
+	return exitOK
+}
+
+// jsonRecord is a record as ls --json, interrupted --json and get --json
+// write it.
+type jsonRecord struct {
+	Key string `json:"key"`
+	// KeyBase64 is the exact key when it is not valid UTF-8 (Key then has
+	// replacement characters).
+	KeyBase64 string     `json:"key_base64,omitempty"`
+	State     string     `json:"state"`
+	Created   *time.Time `json:"created,omitempty"`
+	Expires   *time.Time `json:"expires,omitempty"`
+	ValueSize *int       `json:"value_size,omitempty"` // completed records
+	Error     string     `json:"error,omitempty"`      // failed records: the stored message; corrupt ones: why
+	// get only: the value as text when it is printable, else in base64.
+	Value       *string `json:"value,omitempty"`
+	ValueBase64 *string `json:"value_base64,omitempty"`
+}
+
+func toJSON(r *idem.Record, err error, withValue bool) jsonRecord {
+	j := jsonRecord{Key: r.Key}
+	if !utf8.ValidString(r.Key) {
+		j.KeyBase64 = base64.StdEncoding.EncodeToString([]byte(r.Key))
+	}
+	if err != nil {
+		j.State, j.Error = stateCorrupt, strings.TrimPrefix(err.Error(), "idem: ")
+		return j
+	}
+	created, expires := r.CreatedAt.UTC(), r.ExpiresAt.UTC()
+	j.State, j.Created, j.Expires, j.Error = r.State.String(), &created, &expires, r.Err
+	if r.State == idem.StateCompleted {
+		n := len(r.Value)
+		j.ValueSize = &n
+		if withValue {
+			if isText(r.Value) {
+				s := string(r.Value)
+				j.Value = &s
+			} else {
+				s := base64.StdEncoding.EncodeToString(r.Value)
+				j.ValueBase64 = &s
+			}
+		}
+	}
+	return j
+}
+
+// getCommand is the get subcommand.
+func getCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("get", "get DIR KEY [--raw | --json]",
+		`Get shows one record of the idem database in DIR, read-only, in full: its
+state, when it was stored and expires, and its value, as text when it is
+printable and in base64 otherwise (a failed record shows its stored error
+message). --raw writes the value's bytes alone, for a completed record. A key
+that starts with "-" goes after "--": idem get DIR -- -KEY.`,
+		`idem get /var/lib/payments/idem pay-000042
+idem get /var/lib/payments/idem pay-000042 --raw > receipt.bin`,
+		stdin, stdout, stderr)
+	var raw, asJSON bool
+	c.flags.BoolVar(&raw, "raw", false, "write the value's bytes alone, as stored")
+	c.flags.BoolVar(&asJSON, "json", false, "write the record as a JSON object")
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	switch {
+	case len(pos) != 2:
+		return c.usageError("want two arguments, the database's directory and a key; got %d", len(pos))
+	case pos[1] == "":
+		return c.usageError("the key is empty")
+	case raw && asJSON:
+		return c.usageError("--raw and --json exclude each other")
+	}
+	dir, key := pos[0], pos[1]
+	e, err := openReadOnly(dir)
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.closeEngine(e, c.get(e, dir, key, raw, asJSON))
+}
+
+func (c *cli) get(e *idem.Engine, dir, key string, raw, asJSON bool) int {
+	r, err := e.Lookup(key)
+	switch {
+	case errors.Is(err, idem.ErrNotFound):
+		return c.failf("no record for key %s (there is none, or it has expired)", displayKey(key))
+	case err != nil:
+		return c.fail(err)
+	}
+	if raw {
+		if r.State != idem.StateCompleted {
+			return c.failf("key %s is %s: it has no value", displayKey(key), r.State)
+		}
+		if _, err := c.stdout.Write(r.Value); err != nil {
+			return c.fail(err)
+		}
+		return exitOK
+	}
+	if asJSON {
+		enc := json.NewEncoder(c.stdout)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(toJSON(&r, nil, true)); err != nil {
+			return c.fail(err)
+		}
+		return exitOK
+	}
+	now := time.Now()
+	w := c.stdout
+	fmt.Fprintf(w, "key:      %s\n", displayKey(r.Key))
+	fmt.Fprintf(w, "state:    %s\n", r.State)
+	fmt.Fprintf(w, "created:  %s (%s)\n", formatTime(r.CreatedAt), relative(r.CreatedAt, now))
+	fmt.Fprintf(w, "expires:  %s (%s)\n", formatTime(r.ExpiresAt), relative(r.ExpiresAt, now))
+	switch r.State {
+	case idem.StateCompleted:
+		fmt.Fprintf(w, "size:     %d %s\n", len(r.Value), plural(len(r.Value), "byte", "bytes"))
+		switch {
+		case len(r.Value) == 0:
+			fmt.Fprint(w, "value:    (empty)\n")
+		case isText(r.Value):
+			fmt.Fprint(w, "value (text):\n")
+			writeBlock(w, string(r.Value))
+		default:
+			fmt.Fprint(w, "value (base64):\n")
+			writeBlock(w, base64.StdEncoding.EncodeToString(r.Value))
+		}
+	case idem.StateFailed:
+		fmt.Fprintf(w, "error:    %s\n", r.Err)
+	case idem.StateInterrupted:
+		fmt.Fprintf(w, "value:    none: fn was running when a process stopped, so its outcome is unknown.\n"+
+			"          Reconcile it, then: idem forget %s %s\n", dir, displayKey(r.Key))
+	}
+	return exitOK
+}
+
+// writeBlock writes s, ending it with a newline.
+func writeBlock(w io.Writer, s string) {
+	io.WriteString(w, s)
+	if !strings.HasSuffix(s, "\n") {
+		io.WriteString(w, "\n")
+	}
+}

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/idemkv/idem"
+)
+
+// The commands that write: forget and sweep. Each first opens the database
+// read-only (openWritable), so that a directory without an idem database is
+// refused unchanged, then opens it for writing, which advances its epoch.
+
+// forgetCommand is the forget subcommand.
+func forgetCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("forget", "forget DIR KEY... [--yes] [--any-state]",
+		`Forget deletes the records of the given keys from the idem database in DIR,
+so that the next Do for each runs fn again. It is how an interrupted key
+(see 'idem interrupted') is released once its outcome has been reconciled.
+
+Forget checks every key first and changes nothing if one has no record, or
+is not interrupted (forgetting a completed or failed key lets its operation
+run a second time: pass --any-state to do that on purpose). It then lists the
+keys and asks for confirmation on the terminal; without a terminal on
+standard input it refuses (status 2) unless --yes is given. The database must
+not be open in another process.`,
+		`idem forget /var/lib/payments/idem pay-000042 pay-000043
+idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget /var/lib/payments/idem --yes`,
+		stdin, stdout, stderr)
+	var yes, anyState bool
+	c.flags.BoolVar(&yes, "yes", false, "forget without asking for confirmation")
+	c.flags.BoolVar(&anyState, "any-state", false, "also forget keys that are not interrupted (completed, failed)")
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	if len(pos) < 2 {
+		return c.usageError("want the database's directory and at least one key; got %d %s", len(pos), plural(len(pos), "argument", "arguments"))
+	}
+	dir, keys := pos[0], dedupe(pos[1:])
+	for _, k := range keys {
+		if k == "" {
+			return c.usageError("a key is empty")
+		}
+	}
+
+	// Check every key on a read-only engine, so that nothing is locked
+	// while the operator answers.
+	e, err := openReadOnly(dir)
+	if err != nil {
+		return c.fail(err)
+	}
+	recs, code := c.checkForget(e, keys, anyState)
+	if code = c.closeEngine(e, code); code != exitOK {
+		return code
+	}
+
+	if !yes {
+		if code, ok := c.confirmForget(recs); !ok {
+			return code
+		}
+	}
+
+	e, err = openWritable(dir)
+	if err != nil {
+		return c.fail(err)
+	}
+	return c.closeEngine(e, c.forget(e, keys, anyState))
+}
+
+// dedupe returns keys without repeats, in their first order.
+func dedupe(keys []string) []string {
+	seen := make(map[string]bool, len(keys))
+	out := keys[:0:0]
+	for _, k := range keys {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// checkForget looks keys up and returns their records, or a failure naming
+// the keys that have no record or are not interrupted (unless anyState).
+func (c *cli) checkForget(e *idem.Engine, keys []string, anyState bool) ([]idem.Record, int) {
+	var (
+		recs             []idem.Record
+		missing, refused []string
+	)
+	for _, k := range keys {
+		r, err := e.Lookup(k)
+		switch {
+		case errors.Is(err, idem.ErrNotFound):
+			missing = append(missing, displayKey(k))
+			continue
+		case errors.Is(err, idem.ErrCorrupt):
+			if !anyState {
+				refused = append(refused, displayKey(k)+" (corrupt)")
+			}
+			r = idem.Record{Key: k}
+		case err != nil:
+			return nil, c.fail(err)
+		case r.State != idem.StateInterrupted && !anyState:
+			refused = append(refused, fmt.Sprintf("%s (%s)", displayKey(k), r.State))
+		}
+		recs = append(recs, r)
+	}
+	switch {
+	case len(missing) > 0:
+		return nil, c.failf("no record for %s (none, or expired); nothing forgotten", strings.Join(missing, ", "))
+	case len(refused) > 0:
+		return nil, c.failf("not interrupted: %s; forgetting lets the next call run fn again: pass --any-state to do that; nothing forgotten", strings.Join(refused, ", "))
+	}
+	return recs, exitOK
+}
+
+// confirmForget lists recs on standard error and asks whether to forget
+// them. It returns ok true on "y" or "yes"; otherwise the command's status.
+func (c *cli) confirmForget(recs []idem.Record) (code int, ok bool) {
+	if !isTerminal(c.stdin) {
+		return c.usageError("standard input is not a terminal, so forget cannot ask for confirmation: pass --yes"), false
+	}
+	fmt.Fprintf(c.stderr, "The next call for each of these keys will run fn again:\n")
+	tw := tabwriter.NewWriter(c.stderr, 0, 8, 2, ' ', 0)
+	for _, r := range recs {
+		if r.State == 0 {
+			fmt.Fprintf(tw, "  %s\t%s\n", displayKey(r.Key), stateCorrupt)
+			continue
+		}
+		fmt.Fprintf(tw, "  %s\t%s\tcreated %s\n", displayKey(r.Key), r.State, formatTime(r.CreatedAt))
+	}
+	tw.Flush()
+	fmt.Fprintf(c.stderr, "Forget %d %s? [y/N] ", len(recs), plural(len(recs), "record", "records"))
+	line, err := bufio.NewReader(c.stdin).ReadString('\n')
+	if err != nil && line == "" {
+		fmt.Fprintln(c.stderr)
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return exitOK, true
+	}
+	return c.failf("not confirmed; nothing forgotten"), false
+}
+
+// forget forgets keys on a writable engine, checking each again: another
+// process may have changed it between the check and now.
+func (c *cli) forget(e *idem.Engine, keys []string, anyState bool) int {
+	for _, k := range keys {
+		r, err := e.Lookup(k)
+		switch {
+		case errors.Is(err, idem.ErrNotFound):
+			fmt.Fprintf(c.stdout, "%s: no record any more\n", displayKey(k))
+			continue
+		case errors.Is(err, idem.ErrCorrupt):
+			r = idem.Record{Key: k}
+		case err != nil:
+			return c.fail(err)
+		case r.State != idem.StateInterrupted && !anyState:
+			return c.failf("%s is now %s; not forgotten", displayKey(k), r.State)
+		}
+		if err := e.Forget(k); err != nil {
+			return c.failf("forgetting %s: %w", displayKey(k), err)
+		}
+		state := stateCorrupt
+		if r.State != 0 {
+			state = r.State.String()
+		}
+		fmt.Fprintf(c.stdout, "forgot %s (%s)\n", displayKey(k), state)
+	}
+	return exitOK
+}
+
+// sweepCommand is the sweep subcommand.
+func sweepCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("sweep", "sweep DIR",
+		`Sweep removes the expired records of the idem database in DIR now, as the
+engine's background sweeper does, then compacts the database so that their
+space is reclaimed at once. It reports the records removed and the disk usage
+before and after. The difference can be small, or even negative: the sweep's
+own deletions, Pebble's write-ahead log (which it recycles rather than frees)
+and the compaction's output take room too. The database must not be open in
+another process.`,
+		`idem sweep /var/lib/payments/idem`, stdin, stdout, stderr)
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return c.usageError("want one argument, the database's directory; got %d", len(pos))
+	}
+	dir := pos[0]
+	filesBefore := dirSize(dir)
+	e, err := openWritable(dir)
+	if err != nil {
+		return c.fail(err)
+	}
+	res, err := sweepAndCompact(ctx, e)
+	if cerr := e.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return c.failf("%w (after removing %d expired records)", err, res.removed)
+	}
+	filesAfter := dirSize(dir)
+
+	reclaimed := filesBefore - filesAfter
+	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "removed\t%d\t(expired %s)\n", res.removed, plural(res.removed, "record", "records"))
+	fmt.Fprintf(tw, "files before\t%s\t(every file in the directory, before opening)\n", formatBytes(filesBefore))
+	fmt.Fprintf(tw, "files after\t%s\t(after the sweep and the compaction, once closed)\n", formatBytes(filesAfter))
+	note := "(opening also replays and flushes the write-ahead log, which counts here)"
+	if reclaimed < 0 {
+		note = "(the database grew: the sweep's own writes outweigh what was freed)"
+	}
+	fmt.Fprintf(tw, "reclaimed\t%s\t%s\n", formatBytes(reclaimed), note)
+	fmt.Fprintf(tw, "disk usage\t%s -> %s\t(Pebble's count while open: before the sweep, after the compaction)\n",
+		formatBytes(int64(res.before)), formatBytes(int64(res.after)))
+	fmt.Fprintf(tw, "compactions\t%d\n", res.compactions)
+	fmt.Fprintf(tw, "read amplification\t%d\n", res.readAmp)
+	if err := tw.Flush(); err != nil {
+		return c.fail(err)
+	}
+	return exitOK
+}
+
+// sweepResult holds the figures of a sweep.
+type sweepResult struct {
+	removed       int
+	before, after uint64 // Pebble's disk usage
+	compactions   uint64
+	readAmp       uint64
+}
+
+// sweepAndCompact sweeps e and compacts it.
+func sweepAndCompact(ctx context.Context, e *idem.Engine) (sweepResult, error) {
+	var res sweepResult
+	res.before = e.Stats().DiskUsage
+	var err error
+	if res.removed, err = e.Sweep(ctx); err != nil {
+		return res, err
+	}
+	if err := e.Compact(ctx); err != nil {
+		return res, err
+	}
+	st := e.Stats()
+	res.after, res.compactions, res.readAmp = st.DiskUsage, st.Compactions, st.ReadAmplification
+	return res, nil
+}
+
+// dirSize returns the total size of the regular files in dir.
+func dirSize(dir string) int64 {
+	var n int64
+	for _, g := range dirFiles(dir) {
+		n += g.bytes
+	}
+	return n
+}
