@@ -57,6 +57,10 @@ var (
 	// ErrReadOnly is returned by the calls that write (Do, Forget, Sweep,
 	// Compact) on an Engine opened with Options.ReadOnly.
 	ErrReadOnly = errors.New("idem: engine opened read-only")
+	// ErrNotDatabase is returned by Open for a directory that holds no idem
+	// database: with Options.ReadOnly, one with no database at all; always,
+	// a Pebble database that idem did not write.
+	ErrNotDatabase = errors.New("idem: not an idem database")
 )
 
 // Result is the outcome of a Do call.
@@ -182,7 +186,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		// Look before locking: locking creates a LOCK file.
 		desc, err := pebble.Peek(dir, o.FS)
 		if err != nil || !desc.Exists {
-			return nil, fmt.Errorf("idem: open %s: not an idem database (no database there)", dir)
+			return nil, fmt.Errorf("%w: %s: no database there", ErrNotDatabase, dir)
 		}
 	} else if err := o.FS.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
@@ -224,6 +228,9 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	if e.epoch, err = e.store.openMeta(o.ReadOnly); err != nil {
 		db.Close()
 		lock.Close()
+		if nd := (*notDatabaseError)(nil); errors.As(err, &nd) {
+			return nil, fmt.Errorf("%w: %s: %s", ErrNotDatabase, dir, nd.reason)
+		}
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
 	e.bgCtx, e.stopBackground = context.WithCancel(context.Background())
@@ -354,7 +361,7 @@ func (e *Engine) replayCached(r *cachedRecord, fp fingerprint) (Result, error) {
 	return res, nil
 }
 
-// leadState is what lead and execute know of their call, for the guard that
+// leadState is what lead and complete know of their call, for the guard that
 // releases the key however they end.
 type leadState struct {
 	finished bool    // the key has been released

@@ -263,7 +263,8 @@ func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
 	require.NoError(t, db.Close())
 	for _, ro := range []bool{false, true} {
 		_, err = Open("db", &Options{FS: fs, ReadOnly: ro})
-		require.ErrorContains(t, err, "not an idem database")
+		require.ErrorIs(t, err, ErrNotDatabase)
+		require.ErrorContains(t, err, "db: a Pebble database with other data")
 	}
 }
 

@@ -80,12 +80,12 @@ func TestReadOnlyRefusesADirectoryWithoutADatabase(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("hello"), 0o644))
 	before := snapshot(t, dir)
 	_, err := idem.Open(dir, &idem.Options{ReadOnly: true})
-	require.ErrorContains(t, err, "not an idem database")
+	require.ErrorIs(t, err, idem.ErrNotDatabase)
 	require.Equal(t, before, snapshot(t, dir), "nothing may be created in it")
 
 	missing := filepath.Join(dir, "missing")
 	_, err = idem.Open(missing, &idem.Options{ReadOnly: true})
-	require.ErrorContains(t, err, "not an idem database")
+	require.ErrorIs(t, err, idem.ErrNotDatabase)
 	_, err = os.Stat(missing)
 	require.ErrorIs(t, err, os.ErrNotExist)
 }

@@ -390,8 +390,11 @@ func (s *store) openMeta(readOnly bool) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if !empty || readOnly {
-			return 0, errors.New("not an idem database (a Pebble database with other data)")
+		if !empty {
+			return 0, notDatabase("a Pebble database with other data")
+		}
+		if readOnly {
+			return 0, notDatabase("an empty Pebble database")
 		}
 	}
 	var epoch uint64
@@ -471,3 +474,13 @@ func (s *store) recordKeys(ctx context.Context, add func(string)) error {
 	}
 	return it.Close()
 }
+
+// notDatabaseError is an ErrNotDatabase with its reason; Open adds the
+// directory.
+type notDatabaseError struct{ reason string }
+
+func notDatabase(reason string) error { return &notDatabaseError{reason} }
+
+func (e *notDatabaseError) Error() string { return ErrNotDatabase.Error() + ": " + e.reason }
+
+func (e *notDatabaseError) Is(target error) bool { return target == ErrNotDatabase }

@@ -174,17 +174,14 @@ func checkDir(dir string) error {
 }
 
 // openError words an error of idem.Open for the operator.
-//
-// The engine has no sentinel error for a directory that holds no idem
-// database, so it is recognized by its message.
 func openError(dir string, err error) error {
-	const notIdem = "not an idem database"
 	switch {
 	case errors.Is(err, idem.ErrLocked):
 		return fmt.Errorf("%s is in use by another process (close it first)", dir)
-	case strings.Contains(err.Error(), notIdem):
-		_, detail, _ := strings.Cut(err.Error(), notIdem)
-		return fmt.Errorf("%s is %s%s", dir, notIdem, detail)
+	case errors.Is(err, idem.ErrNotDatabase):
+		// The engine says "idem: not an idem database: DIR: reason".
+		reason := err.Error()[strings.LastIndex(err.Error(), ": ")+2:]
+		return fmt.Errorf("%s is not an idem database (%s)", dir, reason)
 	}
 	return err
 }
