@@ -73,7 +73,8 @@ type Result struct {
 	Replayed bool
 	// CreatedAt is when the result was stored.
 	CreatedAt time.Time
-	// ExpiresAt is when the result expires.
+	// ExpiresAt is when the result expires: Options.TTL after the first
+	// call claimed the key (just before fn ran).
 	ExpiresAt time.Time
 }
 
@@ -492,8 +493,15 @@ func (e *Engine) complete(st *leadState, key string, c *call, oldExpires int64, 
 		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
 
+	// A record lives TTL from when its key was claimed: the result keeps
+	// the marker's expiry, and so its index entry, and its batch is a
+	// single Set.
 	now := e.now()
-	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now), value: v}
+	expires := e.expiry(now)
+	if st.marker != nil {
+		expires = st.marker.expires
+	}
+	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: now, expires: expires, value: v}
 	if fnErr != nil {
 		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
 	}

@@ -281,7 +281,8 @@ func (s *store) get(key string) (record, bool, error) {
 
 // put stores rec for key and indexes its expiry, in one batch. If the key
 // had an index entry at expiry oldExpires (oldExpires > 0), that entry is
-// dropped in the same batch.
+// dropped in the same batch; if that is rec's expiry already, the index is
+// left as it is.
 func (s *store) put(key string, rec *record, oldExpires int64, sync bool) error {
 	b := s.db.NewBatch()
 	defer b.Close()
@@ -291,13 +292,15 @@ func (s *store) put(key string, rec *record, oldExpires int64, sync bool) error 
 	if err != nil {
 		return err
 	}
-	if oldExpires > 0 && oldExpires != rec.expires {
-		if err := b.Delete(indexKey(oldExpires, key), nil); err != nil {
+	if oldExpires != rec.expires {
+		if oldExpires > 0 {
+			if err := b.Delete(indexKey(oldExpires, key), nil); err != nil {
+				return err
+			}
+		}
+		if err := b.Set(indexKey(rec.expires, key), nil, nil); err != nil {
 			return err
 		}
-	}
-	if err := b.Set(indexKey(rec.expires, key), nil, nil); err != nil {
-		return err
 	}
 	return b.Commit(writeOpts(sync))
 }
