@@ -58,12 +58,11 @@
 //     half-finished fn is undone.
 //   - Pebble treats a failed write or fsync of its log as fatal: it calls its
 //     logger's Fatalf, which the engine implements by logging the error and
-//     panicking. In a Pebble goroutine that panic stops the process; in a
-//     goroutine calling Do it reaches that caller, after the engine has
-//     released the key (it reports ErrInterrupted if fn had run). Either way
-//     the database can take no more writes: close the engine and exit.
-//     Results that Do returned are on disk, and keys whose fn was running
-//     report ErrInterrupted after the next Open.
+//     panicking in a goroutine of its own, so that the process stops even if
+//     its callers recover panics (as net/http does): Pebble cannot go on,
+//     and a process that tried would block in it. Results that Do returned
+//     are on disk, and keys whose fn was running report ErrInterrupted after
+//     the next Open.
 //   - Close waits for calls in progress, fn included; fn must not call Close,
 //     nor Do for its own key.
 //   - Lookup, Records and Interrupted read the database as it is: a result

@@ -185,9 +185,13 @@ func (o *Options) withDefaults() (Options, error) {
 //
 // Pebble calls Fatalf when it cannot go on safely (a failed WAL write or
 // fsync, a corrupt MANIFEST) and expects it not to return. pebbleLogger logs
-// the message at level Error and then panics with it: the process stops, as
-// Pebble intends, and whatever was acknowledged before is on disk for the
-// next Open.
+// the message at level Error and then panics with it in a goroutine of its
+// own, which stops the process whatever its callers recover, as Pebble's
+// own default logger does with os.Exit. A panic in the calling goroutine
+// would not do: a server that recovers panics in its handlers (net/http
+// does) would go on calling into a database whose commit pipeline has
+// failed with its lock held, and block forever. Whatever was acknowledged
+// before is on disk for the next Open.
 type pebbleLogger struct {
 	l *slog.Logger
 }
@@ -209,5 +213,7 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	p.l.Error(msg, "component", "pebble", "fatal", true)
-	panic(fmt.Errorf("%w: %s", errPebbleFatal, msg))
+	err := fmt.Errorf("%w: %s", errPebbleFatal, msg)
+	go panic(err) // unrecoverable: stops the process
+	select {}     // Fatalf must not return
 }
