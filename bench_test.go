@@ -106,6 +106,7 @@ func loadRecords(b *testing.B, e *Engine, n int) {
 		bt := e.db.NewBatch()
 		for i := start; i < min(start+batch, n); i++ {
 			key := benchKey(int64(i))
+			e.filter.add(key) // as the key's owner would, before writing it
 			r := record{state: StateCompleted, epoch: e.epoch, created: now, expires: now + e.ttl, value: benchValue}
 			enc := r.encode()
 			bt.Set(recordKey(key), enc.buf.Bytes(), nil)
