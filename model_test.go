@@ -153,8 +153,8 @@ func renderModelRecord(r idem.Record) string {
 	return fmt.Sprintf("%v %d..%d", r.State, r.CreatedAt.UnixNano(), r.ExpiresAt.UnixNano())
 }
 
-// modelChooser supplies a sequence's choices: from a PRNG in TestModel, from the
-// fuzzer's bytes in FuzzDoSequence.
+// modelChooser supplies a sequence's choices: from a PRNG in TestModel,
+// from the fuzzer's bytes in FuzzDoSequence.
 type modelChooser interface {
 	intn(n int) int
 	done() bool // the sequence is over

@@ -36,9 +36,9 @@ var (
 	tortureSeed   = flag.Uint64("torture.seed", 0, "seed of TestTorture's kill delays and worker seeds (0: random)")
 )
 
-// buildTortureWorker builds internal/torture into dir. Under -race the worker is
-// built with -race too: its packages are then the test binary's, already
-// compiled, and the worker is checked for races as it runs.
+// buildTortureWorker builds internal/torture into dir. Under -race the
+// worker is built with -race too: its packages are then the test binary's,
+// already compiled, and the worker is checked for races as it runs.
 func buildTortureWorker(t *testing.T, dir string) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
