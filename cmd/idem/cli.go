@@ -57,6 +57,19 @@ func indent(s string) string {
 	return strings.Join(lines, "\n")
 }
 
+// parseDir parses the flags of a command whose one argument is the
+// database's directory, and returns it.
+func (c *cli) parseDir(args []string) (dir string, code int, ok bool) {
+	pos, code, ok := c.parse(args)
+	if !ok {
+		return "", code, false
+	}
+	if len(pos) != 1 {
+		return "", c.usageError("want one argument, the database's directory; got %d", len(pos)), false
+	}
+	return pos[0], 0, true
+}
+
 // parse parses args, whose flags may come before, between or after the
 // positional arguments, and returns the positional ones. "--" ends the
 // flags: every argument after it is positional. When parse returns ok

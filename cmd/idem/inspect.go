@@ -36,14 +36,10 @@ expiry, and Pebble's figures: disk usage (with the files behind it), read
 amplification and compactions. Expired records that no sweep has removed yet
 are not counted.`,
 		`idem stats /var/lib/payments/idem`, stdin, stdout, stderr)
-	pos, code, ok := c.parse(args)
+	dir, code, ok := c.parseDir(args)
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		return c.usageError("want one argument, the database's directory; got %d", len(pos))
-	}
-	dir := pos[0]
 	e, err := openReadOnly(dir)
 	if err != nil {
 		return c.fail(err)
@@ -198,20 +194,17 @@ idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key
 	c.flags.StringVar(&prefix, "prefix", "", "only keys that start with `P`")
 	c.flags.IntVar(&limit, "limit", 0, "at most `N` records (0: all)")
 	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
-	pos, code, ok := c.parse(args)
+	dir, code, ok := c.parseDir(args)
 	if !ok {
 		return code
 	}
-	switch {
-	case len(pos) != 1:
-		return c.usageError("want one argument, the database's directory; got %d", len(pos))
-	case limit < 0:
+	if limit < 0 {
 		return c.usageError("--limit must be 0 or more, not %d", limit)
 	}
 	if _, ok := parseState(state); !ok {
 		return c.usageError("--state must be completed, failed, interrupted or corrupt, not %q", state)
 	}
-	e, err := openReadOnly(pos[0])
+	e, err := openReadOnly(dir)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -236,14 +229,10 @@ time is when fn started), settle it, then release the key with
 		`idem interrupted /var/lib/payments/idem`, stdin, stdout, stderr)
 	var asJSON bool
 	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
-	pos, code, ok := c.parse(args)
+	dir, code, ok := c.parseDir(args)
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		return c.usageError("want one argument, the database's directory; got %d", len(pos))
-	}
-	dir := pos[0]
 	e, err := openReadOnly(dir)
 	if err != nil {
 		return c.fail(err)

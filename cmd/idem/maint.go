@@ -187,14 +187,10 @@ own deletions, Pebble's write-ahead log (which it recycles rather than frees)
 and the compaction's output take room too. The database must not be open in
 another process.`,
 		`idem sweep /var/lib/payments/idem`, stdin, stdout, stderr)
-	pos, code, ok := c.parse(args)
+	dir, code, ok := c.parseDir(args)
 	if !ok {
 		return code
 	}
-	if len(pos) != 1 {
-		return c.usageError("want one argument, the database's directory; got %d", len(pos))
-	}
-	dir := pos[0]
 	filesBefore := dirSize(dir)
 	e, err := openWritable(dir)
 	if err != nil {
