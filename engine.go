@@ -331,10 +331,11 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 	fp := digest(fingerprint)
 	c := newLeaderCall(fp)
 	for {
-		hit, f, owner := e.locks.acquire(key, c, e.now())
+		now := e.now()
+		hit, f, owner := e.locks.acquire(key, c, now)
 		switch {
 		case owner:
-			return e.lead(ctx, key, c, fn)
+			return e.lead(ctx, key, c, now, fn)
 		case hit != nil:
 			leaderCalls.Put(c) // never registered
 			return e.replayCached(hit, fp)
@@ -370,14 +371,15 @@ type leadState struct {
 	fnDone   bool    // fn has returned normally
 }
 
-// lead handles a call that owns its key: it reads the record, replays it or
-// claims the key and runs fn, and releases the key with the outcome.
+// lead handles a call that owns its key since now: it reads the record,
+// replays it or claims the key and runs fn, and releases the key with the
+// outcome.
 //
 // A deferred guard releases the key if anything panics, in fn or after it
 // (a user error's Error method, a fatal Pebble error): a panic in fn deletes
 // the in-flight marker, as an error would; one after fn returned keeps it,
 // since fn's effects happened, and the key reports ErrInterrupted.
-func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.Context) ([]byte, error)) (Result, error) {
+func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error)) (Result, error) {
 	var st leadState
 	defer func() {
 		if st.finished {
@@ -414,7 +416,6 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, fn func(context.
 			return e.finish(&st, key, c, outcome{share: true, err: err}, nil)
 		}
 	}
-	now := e.now()
 	var oldExpires int64 // the index entry of the record being replaced, if any
 	if found && rec.expired(now) {
 		found = false
