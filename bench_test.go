@@ -108,9 +108,7 @@ func loadRecords(b *testing.B, e *Engine, n int) {
 			key := benchKey(int64(i))
 			e.filter.add(key) // as the key's owner would, before writing it
 			r := record{state: StateCompleted, epoch: e.epoch, created: now, expires: now + e.ttl, value: benchValue}
-			enc := r.encode()
-			bt.Set(recordKey(key), enc.buf.Bytes(), nil)
-			encodePool.Put(enc)
+			bt.Set(recordKey(key), r.encode(), nil)
 			bt.Set(indexKey(r.expires, key), nil, nil)
 		}
 		if err := bt.Commit(pebble.NoSync); err != nil {

@@ -210,6 +210,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	po.Experimental.SpanPolicyFunc = splitAtIndex
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		lock.Close()
@@ -332,13 +333,13 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 	c := newLeaderCall(fp)
 	for {
 		now := e.now()
-		hit, f, owner := e.locks.acquire(key, c, now)
+		hit, hitOK, f, owner := e.locks.acquire(key, c, now)
 		switch {
 		case owner:
 			return e.lead(ctx, key, c, now, fn)
-		case hit != nil:
+		case hitOK:
 			leaderCalls.Put(c) // never registered
-			return e.replayCached(hit, fp)
+			return e.replayCached(&hit, fp)
 		}
 		res, err, retry := e.follow(ctx, f, fp)
 		if !retry {
@@ -478,10 +479,9 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 // complete stores the outcome of fn for a claimed key. oldExpires is the
 // expiry of the key's index entry to replace (its marker's), if any.
 func (e *Engine) complete(st *leadState, key string, c *call, oldExpires int64, v []byte, fnErr error) (Result, error) {
-	var perm *PermanentError
 	var tooLarge error
 	switch {
-	case fnErr != nil && !errors.As(fnErr, &perm):
+	case fnErr != nil && !isPermanent(fnErr):
 		e.releaseQuietly(key, st.marker)
 		return e.finish(st, key, c, outcome{share: true, err: fnErr}, nil)
 	case fnErr != nil && len(fnErr.Error()) > e.opts.MaxValueSize:
@@ -517,7 +517,18 @@ func (e *Engine) complete(st *leadState, key string, c *call, oldExpires int64, 
 		}
 		return e.finish(st, key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)}, nil)
 	}
-	return e.finish(st, key, c, outcome{share: true, res: rec.result(false), err: fnErr}, &rec)
+	// A new record is not cached: most keys are never retried, and caching
+	// each would cost every new key an eviction. The first replay reads it
+	// from Pebble (its memtable, while it is recent) and caches it.
+	return e.finish(st, key, c, outcome{share: true, res: rec.result(false), err: fnErr}, nil)
+}
+
+// isPermanent reports whether err is, or wraps, a *PermanentError. (A
+// function of its own, so that only calls whose fn failed pay errors.As's
+// allocation.)
+func isPermanent(err error) bool {
+	var perm *PermanentError
+	return errors.As(err, &perm)
 }
 
 // expiry returns the expiry of a record stored at now, saturating rather

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -41,9 +42,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		{state: StateCompleted, fp: digest(bytes.Repeat([]byte("x"), 100)), value: []byte("value")},
 		{state: StateFailed, fp: digest(bytes.Repeat([]byte("y"), 31)), errMsg: "declined"},
 	} {
-		enc := r.encode()
-		got, err := decodeRecord(enc.buf.Bytes())
-		encodePool.Put(enc)
+		got, err := decodeRecord(r.encode())
 		require.NoError(t, err)
 		require.Equal(t, r, got)
 	}
@@ -233,19 +232,22 @@ func FuzzDecodeRecord(f *testing.F) {
 		{state: StateCompleted, fp: digest(bytes.Repeat([]byte("x"), 40)), value: []byte("hello")},
 		{state: StateFailed, errMsg: "no"},
 	} {
-		enc := r.encode()
-		f.Add(bytes.Clone(enc.buf.Bytes()))
-		encodePool.Put(enc)
+		f.Add(r.encode())
 	}
 	f.Add([]byte{0x98, 0x01, 0x03, 0xc6, 0xff, 0xff, 0xff, 0xff}) // bin32 claiming 4 GiB
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := decodeRecord(b)
+		lib, libErr := decodeMsgpack(b)
+		if (err == nil) != (libErr == nil) {
+			t.Fatalf("decodeRecord: %v; the msgpack library: %v", err, libErr)
+		}
 		if err != nil {
 			return
 		}
-		enc := r.encode()
-		again, err := decodeRecord(enc.buf.Bytes())
-		encodePool.Put(enc)
+		if !recordsEqual(r, lib) {
+			t.Fatalf("decodeRecord read %+v, the msgpack library %+v", r, lib)
+		}
+		again, err := decodeRecord(r.encode())
 		if err != nil {
 			t.Fatalf("a decoded record fails to decode once re-encoded: %v", err)
 		}
@@ -270,12 +272,72 @@ func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
 
 func TestDecodeRefusesAnOutOfRangeState(t *testing.T) {
 	r := record{state: StateCompleted}
-	enc := r.encode()
-	b := bytes.Clone(enc.buf.Bytes())
-	encodePool.Put(enc)
+	b := r.encode()
 	// The state is the third byte: a positive fixint. Make it uint16 259,
 	// which truncates to 3 (StateCompleted).
 	b = append(append(b[:2:2], 0xcd, 0x01, 0x03), b[3:]...)
 	_, err := decodeRecord(b)
 	require.ErrorContains(t, err, "invalid stored state 259")
+}
+
+// cacheShardRecord returns a completed record of n value bytes.
+func cacheShardRecord(n int) *record {
+	return &record{state: StateCompleted, expires: math.MaxInt64, value: make([]byte, n)}
+}
+
+// The record cache of a shard stays within its byte limit, evicts in the
+// order records were cached, and its FIFO does not grow with churn that
+// leaves the cache's size alone.
+func TestRecordCacheShardBounds(t *testing.T) {
+	var tab lockTable
+	tab.init(numShards * 1000) // 1000 bytes a shard
+	// Keys of one shard.
+	var keys []string
+	s0 := tab.shard("k0")
+	for i := 0; len(keys) < 50; i++ {
+		if k := fmt.Sprint("k", i); tab.shard(k) == s0 {
+			keys = append(keys, k)
+		}
+	}
+	put := func(key string, n int) {
+		c := newLeaderCall(fingerprint{})
+		_, _, _, owner := tab.acquire(key, c, 0)
+		require.True(t, owner)
+		tab.release(key, c, outcome{}, cacheShardRecord(n))
+	}
+	// 40 value bytes + key + 160 of overhead: 4 records fit in 1000 bytes.
+	for _, k := range keys[:10] {
+		put(k, 40)
+		require.LessOrEqual(t, s0.cacheBytes, 1000)
+	}
+	require.Len(t, s0.cache, 4)
+	for _, k := range keys[6:10] { // the last four cached
+		require.Contains(t, s0.cache, k)
+	}
+	// A record above the limit is not cached, and evicts nothing.
+	put(keys[10], 2000)
+	require.NotContains(t, s0.cache, keys[10])
+	require.Len(t, s0.cache, 4)
+
+	// Churn: one key cached again and again (each Do of it after a Forget
+	// or an expiry uncaches it first).
+	for range 10000 {
+		c := newLeaderCall(fingerprint{})
+		_, _, _, owner := tab.acquire(keys[6], c, math.MaxInt64) // expired: uncached
+		require.True(t, owner)
+		tab.release(keys[6], c, outcome{}, cacheShardRecord(40))
+	}
+	require.Len(t, s0.cache, 4)
+	require.LessOrEqual(t, s0.fifo.len(), 2*len(s0.cache)+17)
+	// keys[7] is now the oldest: the next record evicts it, not keys[6].
+	put(keys[11], 40)
+	require.NotContains(t, s0.cache, keys[7])
+	require.Contains(t, s0.cache, keys[6])
+	require.Contains(t, s0.cache, keys[11])
+
+	sum := 0
+	for k, r := range s0.cache {
+		sum += cachedSize(k, r.value, r.errMsg)
+	}
+	require.Equal(t, sum, s0.cacheBytes)
 }

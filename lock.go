@@ -14,8 +14,9 @@ const numShards = 256
 // by Forget or the sweeper. Other callers of the key find the owner's call and
 // wait on its channels, never on a mutex.
 //
-// Each shard also caches the completed records of some of its keys, so that
-// replays of recent keys need no Pebble read. Only a key's owner changes the
+// Each shard also caches the completed records of some of its keys (those
+// read back for a replay), so that further replays of them need no Pebble
+// read, and evicts them first in, first out. Only a key's owner changes the
 // cache, when it releases the key (after its writes have returned), in the
 // same critical section that removes it as owner: a caller that finds no
 // owner under the mutex finds the cache as current as the database.
@@ -29,27 +30,48 @@ type lockTable struct {
 }
 
 type lockShard struct {
-	mu         sync.Mutex               // protects the fields below and every call's guarded fields
-	calls      map[string]*call         // the owner of each key held in this shard
-	cache      map[string]*cachedRecord // completed and failed records, as stored
-	cacheBytes int                      // the size of cache, by cachedRecord.size
-	_          [40]byte                 // keeps neighbouring shards' mutexes off one cache line
+	mu         sync.Mutex              // protects the fields below and every call's guarded fields
+	calls      map[string]*call        // the owner of each key held in this shard
+	cache      map[string]cachedRecord // completed and failed records, as stored
+	cacheBytes int                     // the size of cache, by cachedRecord.size
+	fifo       cacheFIFO               // the cached keys in the order they were cached
+	_          [56]byte                // pads a shard to 128 bytes: no two shards' mutexes share a cache line
 }
 
 // cachedRecord is an immutable copy of a stored completed or failed record.
 type cachedRecord struct {
 	fp               fingerprint
 	failed           bool
+	size             int32 // what it counts against the cache's limit
+	seq              uint64
 	created, expires int64
 	value            []byte // owned by the cache: copied out, never aliased
 	errMsg           string
 }
 
-// size is what a cached record counts against the cache's limit: its bytes
-// and an estimate of the map's and the struct's overhead.
-func (r *cachedRecord) size(key string) int {
-	return len(key) + len(r.value) + len(r.errMsg) + 160
+// cachedSize is what a cached record counts against the cache's limit: its
+// bytes and an estimate of the map's and the FIFO's overhead.
+func cachedSize(key string, value []byte, errMsg string) int {
+	return len(key) + len(value) + len(errMsg) + 160
 }
+
+// cacheFIFO is a shard's eviction order: first in, first out, so that an
+// eviction costs one map lookup. An entry stays in the FIFO after its record
+// left the cache (it was uncached, or cached again with a later seq); such a
+// stale entry is skipped when it comes out, and compact drops them all when
+// they outnumber the live ones.
+type cacheFIFO struct {
+	entries []fifoEntry
+	head    int // entries[head:] are in the FIFO
+	seq     uint64
+}
+
+type fifoEntry struct {
+	key string
+	seq uint64
+}
+
+func (q *cacheFIFO) len() int { return len(q.entries) - q.head }
 
 // A call is one owner's hold on a key.
 type call struct {
@@ -107,7 +129,7 @@ func (t *lockTable) init(cacheBytes int64) {
 	}
 	for i := range t.shards {
 		t.shards[i].calls = make(map[string]*call)
-		t.shards[i].cache = make(map[string]*cachedRecord)
+		t.shards[i].cache = make(map[string]cachedRecord)
 	}
 }
 
@@ -125,10 +147,10 @@ type follower struct {
 
 // acquire makes c the owner of key, unless the key has an owner or a cached
 // record that has not expired by now. It returns, in that order of
-// precedence: (nil, f, false) when another call owns the key, with what to
-// wait on; (hit, _, false) with a copy of the cached record; or
-// (nil, _, true) when c now owns the key.
-func (t *lockTable) acquire(key string, c *call, now int64) (*cachedRecord, follower, bool) {
+// precedence: f when another call owns the key, with what to wait on; hit
+// and hitOK true, with the cached record; or owner true when c now owns the
+// key.
+func (t *lockTable) acquire(key string, c *call, now int64) (hit cachedRecord, hitOK bool, f follower, owner bool) {
 	s := t.shard(key)
 	s.mu.Lock()
 	if owner, ok := s.calls[key]; ok {
@@ -140,18 +162,18 @@ func (t *lockTable) acquire(key string, c *call, now int64) (*cachedRecord, foll
 			owner.waiters++
 		}
 		s.mu.Unlock()
-		return nil, f, false
+		return cachedRecord{}, false, f, false
 	}
 	if r, ok := s.cache[key]; ok {
 		if now < r.expires {
 			s.mu.Unlock()
-			return r, follower{}, false
+			return r, true, follower{}, false
 		}
 		s.uncache(key)
 	}
 	s.calls[key] = c
 	s.mu.Unlock()
-	return nil, follower{}, true
+	return cachedRecord{}, false, follower{}, true
 }
 
 // follow returns what a follower of owner waits on, making the channels it
@@ -220,14 +242,16 @@ func (t *lockTable) setRunning(key string, c *call) {
 // out to the followers and wakes them. c must not be used afterwards.
 func (t *lockTable) release(key string, c *call, out outcome, rec *record) {
 	s := t.shard(key)
-	var cr *cachedRecord
+	var cr cachedRecord
 	if rec != nil && t.cacheLimit > 0 && (rec.state == StateCompleted || rec.state == StateFailed) {
-		cr = &cachedRecord{fp: rec.fp, failed: rec.state == StateFailed, created: rec.created, expires: rec.expires, value: cloneBytes(rec.value), errMsg: rec.errMsg}
+		if n := cachedSize(key, rec.value, rec.errMsg); n <= t.cacheLimit {
+			cr = cachedRecord{fp: rec.fp, failed: rec.state == StateFailed, size: int32(n), created: rec.created, expires: rec.expires, value: cloneBytes(rec.value), errMsg: rec.errMsg}
+		}
 	}
 	s.mu.Lock()
 	delete(s.calls, key)
 	s.uncache(key)
-	if cr != nil {
+	if cr.size > 0 {
 		s.cacheAdd(key, cr, t.cacheLimit)
 	}
 	done, waiters := c.done, c.waiters
@@ -260,30 +284,51 @@ func (t *lockTable) releaseAll(keys []string, c *call) {
 	close(c.done)
 }
 
-// uncache drops key's cached record. s.mu must be held.
+// uncache drops key's cached record. Its FIFO entry goes stale. s.mu must
+// be held.
 func (s *lockShard) uncache(key string) {
 	if r, ok := s.cache[key]; ok {
-		s.cacheBytes -= r.size(key)
+		s.cacheBytes -= int(r.size)
 		delete(s.cache, key)
 	}
 }
 
-// cacheAdd caches r for key, evicting other records (in the map's random
-// order) to stay within limit. s.mu must be held.
-func (s *lockShard) cacheAdd(key string, r *cachedRecord, limit int) {
-	n := r.size(key)
-	if n > limit {
-		return
-	}
-	for k, old := range s.cache {
-		if s.cacheBytes+n <= limit {
-			break
+// cacheAdd caches r, of r.size bytes at most limit, for key, which has no
+// cached record, evicting the records cached longest ago to stay within
+// limit. s.mu must be held.
+func (s *lockShard) cacheAdd(key string, r cachedRecord, limit int) {
+	q := &s.fifo
+	for s.cacheBytes+int(r.size) > limit && q.len() > 0 {
+		old := q.entries[q.head]
+		q.entries[q.head] = fifoEntry{}
+		q.head++
+		if cur, ok := s.cache[old.key]; ok && cur.seq == old.seq {
+			s.cacheBytes -= int(cur.size)
+			delete(s.cache, old.key)
 		}
-		s.cacheBytes -= old.size(k)
-		delete(s.cache, k)
 	}
+	q.seq++
+	r.seq = q.seq
 	s.cache[key] = r
-	s.cacheBytes += n
+	s.cacheBytes += int(r.size)
+	if q.head > 0 && q.head >= len(q.entries)/2 || q.len() > 2*len(s.cache)+16 {
+		s.compactFIFO()
+	}
+	q.entries = append(q.entries, fifoEntry{key: key, seq: r.seq})
+}
+
+// compactFIFO drops the FIFO's stale entries and the space before its head,
+// keeping the order of the others. s.mu must be held.
+func (s *lockShard) compactFIFO() {
+	q := &s.fifo
+	live := q.entries[:0]
+	for _, ent := range q.entries[q.head:] {
+		if cur, ok := s.cache[ent.key]; ok && cur.seq == ent.seq {
+			live = append(live, ent)
+		}
+	}
+	clear(q.entries[len(live):])
+	q.entries, q.head = live, 0
 }
 
 func cloneBytes(b []byte) []byte {

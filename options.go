@@ -103,9 +103,11 @@ type Options struct {
 	CacheSize int64
 
 	// RecordCacheSize is the memory, in bytes, for an in-memory cache of
-	// completed records, which answers replays of recent keys without a
-	// Pebble read. If 0, DefaultRecordCacheSize (16 MiB); negative turns
-	// the cache off.
+	// completed records: a record read back for a replay is cached, so
+	// that further replays of its key need no Pebble read (new records are
+	// not cached, since most keys are never retried). The oldest cached
+	// records are evicted first. If 0, DefaultRecordCacheSize (16 MiB);
+	// negative turns the cache off.
 	RecordCacheSize int64
 
 	// Now is the clock. If nil, time.Now.

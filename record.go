@@ -7,13 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // State is the state of a stored record.
@@ -107,62 +104,193 @@ const (
 	recordFields  = 8
 )
 
-type encodeBuffer struct {
-	buf bytes.Buffer
-	enc *msgpack.Encoder
+// The record codec writes and reads msgpack by hand: the encoding goes
+// straight into a Pebble batch (no buffer, no copy, nothing escapes to the
+// heap), and decoding reads the bytes in place, allocating only the value.
+// It writes exactly what msgpack/v5's Encoder writes for the same calls
+// (EncodeArrayLen, EncodeUint, EncodeBytes, EncodeInt, EncodeString), and
+// reads what its Decoder reads; the tests hold it to both.
+
+// msgpack type codes.
+const (
+	mpNil      = 0xc0
+	mpBin8     = 0xc4
+	mpBin16    = 0xc5
+	mpBin32    = 0xc6
+	mpUint8    = 0xcc
+	mpUint16   = 0xcd
+	mpUint32   = 0xce
+	mpUint64   = 0xcf
+	mpInt8     = 0xd0
+	mpInt16    = 0xd1
+	mpInt32    = 0xd2
+	mpInt64    = 0xd3
+	mpStr8     = 0xd9
+	mpStr16    = 0xda
+	mpStr32    = 0xdb
+	mpArray16  = 0xdc
+	mpArray32  = 0xdd
+	mpFixArray = 0x90 // to 0x9f
+	mpFixStr   = 0xa0 // to 0xbf
+	mpNegFix   = 0xe0 // to 0xff
+)
+
+// encodedSize returns the length of r's encoding.
+func (r *record) encodedSize() int {
+	return 1 + uintSize(recordVersion) + uintSize(uint64(r.state)) +
+		1 + lenSize(int(r.fp.n)) + int(r.fp.n) +
+		uintSize(r.epoch) + intSize(r.created) + intSize(r.expires) +
+		binSize(r.value) + strSize(len(r.errMsg))
 }
 
-var encodePool = sync.Pool{New: func() any {
-	b := new(encodeBuffer)
-	b.enc = msgpack.NewEncoder(&b.buf)
-	return b
-}}
-
-// encode appends r's encoding to a pooled buffer; the caller returns it with
-// encodePool.Put once the bytes are no longer needed (a Pebble batch copies
-// them).
-func (r *record) encode() *encodeBuffer {
-	b := encodePool.Get().(*encodeBuffer)
-	b.buf.Reset()
-	e := b.enc
-	// Writes to a bytes.Buffer cannot fail.
-	_ = e.EncodeArrayLen(recordFields)
-	_ = e.EncodeUint(recordVersion)
-	_ = e.EncodeUint(uint64(r.state))
-	_ = e.EncodeBytes(r.fp.bytes())
-	_ = e.EncodeUint(r.epoch)
-	_ = e.EncodeInt(r.created)
-	_ = e.EncodeInt(r.expires)
-	_ = e.EncodeBytes(r.value)
-	_ = e.EncodeString(r.errMsg)
-	return b
+// appendTo appends r's encoding to dst.
+func (r *record) appendTo(dst []byte) []byte {
+	dst = append(dst, mpFixArray|recordFields)
+	dst = appendUint(dst, recordVersion)
+	dst = appendUint(dst, uint64(r.state))
+	dst = appendBin(dst, r.fp.bytes())
+	dst = appendUint(dst, r.epoch)
+	dst = appendInt(dst, r.created)
+	dst = appendInt(dst, r.expires)
+	dst = appendBin(dst, r.value)
+	dst = appendLen(dst, mpFixStr, mpStr8, mpStr16, mpStr32, len(r.errMsg))
+	return append(dst, r.errMsg...)
 }
 
-// decodeRecord decodes a record. It never panics and never allocates more
-// than the input's length, whatever the input: msgpack's own DecodeBytes
-// trusts the length prefix, so lengths are checked against what is left.
+// encode returns r's encoding in a new slice.
+func (r *record) encode() []byte {
+	return r.appendTo(make([]byte, 0, r.encodedSize()))
+}
+
+func uintSize(v uint64) int {
+	switch {
+	case v <= 0x7f:
+		return 1
+	case v <= math.MaxUint8:
+		return 2
+	case v <= math.MaxUint16:
+		return 3
+	case v <= math.MaxUint32:
+		return 5
+	}
+	return 9
+}
+
+func appendUint(dst []byte, v uint64) []byte {
+	switch {
+	case v <= 0x7f:
+		return append(dst, byte(v))
+	case v <= math.MaxUint8:
+		return append(dst, mpUint8, byte(v))
+	case v <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(dst, mpUint16), uint16(v))
+	case v <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(dst, mpUint32), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(dst, mpUint64), v)
+}
+
+func intSize(v int64) int {
+	switch {
+	case v >= 0:
+		return uintSize(uint64(v))
+	case v >= -32:
+		return 1
+	case v >= math.MinInt8:
+		return 2
+	case v >= math.MinInt16:
+		return 3
+	case v >= math.MinInt32:
+		return 5
+	}
+	return 9
+}
+
+func appendInt(dst []byte, v int64) []byte {
+	switch {
+	case v >= 0:
+		return appendUint(dst, uint64(v))
+	case v >= -32:
+		return append(dst, byte(v))
+	case v >= math.MinInt8:
+		return append(dst, mpInt8, byte(v))
+	case v >= math.MinInt16:
+		return binary.BigEndian.AppendUint16(append(dst, mpInt16), uint16(v))
+	case v >= math.MinInt32:
+		return binary.BigEndian.AppendUint32(append(dst, mpInt32), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(dst, mpInt64), uint64(v))
+}
+
+// lenSize is the length of a bin header's length field.
+func lenSize(n int) int {
+	switch {
+	case n <= math.MaxUint8:
+		return 1
+	case n <= math.MaxUint16:
+		return 2
+	}
+	return 4
+}
+
+// binSize is the encoded length of b as bin, or nil if b is nil.
+func binSize(b []byte) int {
+	if b == nil {
+		return 1
+	}
+	return 1 + lenSize(len(b)) + len(b)
+}
+
+func appendBin(dst, b []byte) []byte {
+	if b == nil {
+		return append(dst, mpNil)
+	}
+	return append(appendLen(dst, 0, mpBin8, mpBin16, mpBin32, len(b)), b...)
+}
+
+// strSize is the encoded length of a string of n bytes.
+func strSize(n int) int {
+	if n < 32 {
+		return 1 + n
+	}
+	return 1 + lenSize(n) + n
+}
+
+// appendLen appends a str or bin header for n bytes: fix|n if fix is not 0
+// and n < 32, else the 8-, 16- or 32-bit form.
+func appendLen(dst []byte, fix, c8, c16, c32 byte, n int) []byte {
+	switch {
+	case fix != 0 && n < 32:
+		return append(dst, fix|byte(n))
+	case n <= math.MaxUint8:
+		return append(dst, c8, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(dst, c16), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(dst, c32), uint32(n))
+}
+
+// decodeRecord decodes a record; the value is copied, nothing else is
+// allocated. It never panics and never allocates more than the input's
+// length, whatever the input: every length is checked against what is left.
 func decodeRecord(b []byte) (record, error) {
 	var r record
-	rd := bytes.NewReader(b)
-	d := msgpack.GetDecoder()
-	defer msgpack.PutDecoder(d)
-	d.Reset(rd)
-
-	n, err := d.DecodeArrayLen()
+	d := mpReader{b: b}
+	n, err := d.arrayLen()
 	if err != nil {
 		return r, err
 	}
 	if n != recordFields {
 		return r, fmt.Errorf("record has %d fields, want %d", n, recordFields)
 	}
-	version, err := d.DecodeUint64()
+	version, err := d.uint()
 	if err != nil {
 		return r, err
 	}
 	if version != recordVersion {
 		return r, fmt.Errorf("unknown record version %d", version)
 	}
-	state, err := d.DecodeUint64()
+	state, err := d.uint()
 	if err != nil {
 		return r, err
 	}
@@ -172,60 +300,175 @@ func decodeRecord(b []byte) (record, error) {
 	default:
 		return r, fmt.Errorf("invalid stored state %d", state)
 	}
-	fp, err := readBytes(d, rd)
+	fp, err := d.bytes()
 	if err != nil {
 		return r, err
 	}
 	if len(fp) > sha256.Size {
 		return r, fmt.Errorf("fingerprint of %d bytes", len(fp))
 	}
-	if len(fp) == sha256.Size {
-		r.fp.n = sha256.Size
-	} else {
-		r.fp.n = uint8(len(fp))
-	}
-	copy(r.fp.b[:], fp)
-	if r.epoch, err = d.DecodeUint64(); err != nil {
+	r.fp.n = uint8(copy(r.fp.b[:], fp))
+	if r.epoch, err = d.uint(); err != nil {
 		return r, err
 	}
-	if r.created, err = d.DecodeInt64(); err != nil {
+	if r.created, err = d.int(); err != nil {
 		return r, err
 	}
-	if r.expires, err = d.DecodeInt64(); err != nil {
+	if r.expires, err = d.int(); err != nil {
 		return r, err
 	}
-	if r.value, err = readBytes(d, rd); err != nil {
-		return r, err
-	}
-	msg, err := readBytes(d, rd)
+	value, err := d.bytes()
 	if err != nil {
 		return r, err
 	}
-	r.errMsg = string(msg)
-	if rd.Len() != 0 {
-		return r, fmt.Errorf("%d bytes after the record", rd.Len())
+	msg, err := d.bytes()
+	if err != nil {
+		return r, err
 	}
+	if left := len(d.b) - d.off; left != 0 {
+		return r, fmt.Errorf("%d bytes after the record", left)
+	}
+	if value != nil {
+		r.value = append(make([]byte, 0, len(value)), value...)
+	}
+	r.errMsg = string(msg)
 	return r, nil
 }
 
-// readBytes reads a msgpack bin or str into a new slice (nil for msgpack nil),
-// refusing a length longer than the input that is left.
-func readBytes(d *msgpack.Decoder, rd *bytes.Reader) ([]byte, error) {
-	n, err := d.DecodeBytesLen()
+// mpReader reads msgpack from a byte slice, accepting for each kind the
+// codes msgpack/v5's Decoder accepts.
+type mpReader struct {
+	b   []byte
+	off int
+}
+
+var errShort = errors.New("record ends early")
+
+// next returns the next n bytes.
+func (d *mpReader) next(n int) ([]byte, error) {
+	if n > len(d.b)-d.off {
+		return nil, errShort
+	}
+	p := d.b[d.off : d.off+n]
+	d.off += n
+	return p, nil
+}
+
+func (d *mpReader) code() (byte, error) {
+	p, err := d.next(1)
+	if err != nil {
+		return 0, err
+	}
+	return p[0], nil
+}
+
+// sized reads the 1-, 2-, 4- or 8-byte big-endian number after a code.
+func (d *mpReader) sized(n int) (uint64, error) {
+	p, err := d.next(n)
+	if err != nil {
+		return 0, err
+	}
+	switch n {
+	case 1:
+		return uint64(p[0]), nil
+	case 2:
+		return uint64(binary.BigEndian.Uint16(p)), nil
+	case 4:
+		return uint64(binary.BigEndian.Uint32(p)), nil
+	}
+	return binary.BigEndian.Uint64(p), nil
+}
+
+func (d *mpReader) arrayLen() (int, error) {
+	c, err := d.code()
+	switch {
+	case err != nil:
+		return 0, err
+	case c == mpNil:
+		return -1, nil
+	case c&0xf0 == mpFixArray:
+		return int(c & 0x0f), nil
+	case c == mpArray16:
+		n, err := d.sized(2)
+		return int(n), err
+	case c == mpArray32:
+		n, err := d.sized(4)
+		return int(n), err
+	}
+	return 0, fmt.Errorf("invalid code %#x for an array", c)
+}
+
+// int reads any msgpack integer (or nil, as 0), as int64 bits.
+func (d *mpReader) int() (int64, error) {
+	c, err := d.code()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c == mpNil:
+		return 0, nil
+	case c <= 0x7f || c >= mpNegFix:
+		return int64(int8(c)), nil
+	}
+	var n uint64
+	switch c {
+	case mpUint8, mpInt8:
+		n, err = d.sized(1)
+		if c == mpInt8 {
+			return int64(int8(n)), err
+		}
+	case mpUint16, mpInt16:
+		n, err = d.sized(2)
+		if c == mpInt16 {
+			return int64(int16(n)), err
+		}
+	case mpUint32, mpInt32:
+		n, err = d.sized(4)
+		if c == mpInt32 {
+			return int64(int32(n)), err
+		}
+	case mpUint64, mpInt64:
+		n, err = d.sized(8)
+	default:
+		return 0, fmt.Errorf("invalid code %#x for an integer", c)
+	}
+	return int64(n), err
+}
+
+// uint reads any msgpack integer (or nil, as 0) as an unsigned one.
+func (d *mpReader) uint() (uint64, error) {
+	n, err := d.int()
+	return uint64(n), err
+}
+
+// bytes returns the contents of a bin or str in place (nil for msgpack nil).
+func (d *mpReader) bytes() ([]byte, error) {
+	c, err := d.code()
 	if err != nil {
 		return nil, err
 	}
-	if n < 0 {
+	var n uint64
+	switch {
+	case c == mpNil:
 		return nil, nil
+	case c&0xe0 == mpFixStr:
+		n = uint64(c & 0x1f)
+	case c == mpBin8 || c == mpStr8:
+		n, err = d.sized(1)
+	case c == mpBin16 || c == mpStr16:
+		n, err = d.sized(2)
+	case c == mpBin32 || c == mpStr32:
+		n, err = d.sized(4)
+	default:
+		return nil, fmt.Errorf("invalid code %#x for bytes", c)
 	}
-	if n > rd.Len() {
-		return nil, fmt.Errorf("length %d exceeds the %d bytes left", n, rd.Len())
-	}
-	out := make([]byte, n)
-	if _, err := io.ReadFull(rd, out); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	if n > uint64(len(d.b)-d.off) {
+		return nil, fmt.Errorf("length %d exceeds the %d bytes left", n, len(d.b)-d.off)
+	}
+	return d.next(int(n))
 }
 
 // Key layout. Every key starts with a one-byte prefix:
@@ -246,6 +489,23 @@ var (
 
 // formatName identifies a directory written by this engine.
 const formatName = "idem/1"
+
+// splitAtIndex makes every flush and compaction end its output table at the
+// bounds of the expiry index. Index keys are written in time order, so a
+// table of them alone rarely overlaps older index tables, and Pebble can
+// move it down a level without rewriting it; a table that also held records
+// would span the whole key space between them and drag the index into every
+// compaction of the records.
+func splitAtIndex(start []byte) (pebble.SpanPolicy, []byte, error) {
+	switch {
+	case len(start) == 0 || start[0] < prefixIndex:
+		return pebble.SpanPolicy{}, []byte{prefixIndex}, nil
+	case start[0] == prefixIndex:
+		return pebble.SpanPolicy{}, []byte{prefixIndex + 1}, nil
+	default:
+		return pebble.SpanPolicy{}, nil, nil
+	}
+}
 
 func recordKey(key string) []byte {
 	k := make([]byte, 1+len(key))
@@ -286,10 +546,14 @@ func (s *store) get(key string) (record, bool, error) {
 func (s *store) put(key string, rec *record, oldExpires int64, sync bool) error {
 	b := s.db.NewBatch()
 	defer b.Close()
-	enc := rec.encode()
-	err := b.Set(recordKey(key), enc.buf.Bytes(), nil)
-	encodePool.Put(enc)
-	if err != nil {
+	// The record is encoded in place in the batch.
+	op := b.SetDeferred(1+len(key), rec.encodedSize())
+	op.Key[0] = prefixRecord
+	copy(op.Key[1:], key)
+	if v := rec.appendTo(op.Value[:0]); len(v) != len(op.Value) {
+		panic(fmt.Sprintf("idem: record encoded in %d bytes, not %d", len(v), len(op.Value)))
+	}
+	if err := op.Finish(); err != nil {
 		return err
 	}
 	if oldExpires != rec.expires {
@@ -298,7 +562,9 @@ func (s *store) put(key string, rec *record, oldExpires int64, sync bool) error 
 				return err
 			}
 		}
-		if err := b.Set(indexKey(rec.expires, key), nil, nil); err != nil {
+		op := b.SetDeferred(indexKeySize(key), 0)
+		putIndexKey(op.Key, rec.expires, key)
+		if err := op.Finish(); err != nil {
 			return err
 		}
 	}

@@ -28,11 +28,19 @@ const sweepBatch = 512
 
 // indexKey returns the index entry of key at expiry expires.
 func indexKey(expires int64, key string) []byte {
-	k := make([]byte, 9+len(key))
+	k := make([]byte, indexKeySize(key))
+	putIndexKey(k, expires, key)
+	return k
+}
+
+func indexKeySize(key string) int { return 9 + len(key) }
+
+// putIndexKey writes the index entry of key at expiry expires into k, of
+// indexKeySize(key) bytes.
+func putIndexKey(k []byte, expires int64, key string) {
 	k[0] = prefixIndex
 	binary.BigEndian.PutUint64(k[1:9], indexTime(expires))
 	copy(k[9:], key)
-	return k
 }
 
 // indexTime clamps a unix-nanosecond time to the index's unsigned range.
