@@ -299,11 +299,15 @@ func TestRecordCacheShardBounds(t *testing.T) {
 			keys = append(keys, k)
 		}
 	}
+	// put releases key twice with a record read back, as two replays
+	// would: the door admits a record on its second replay.
 	put := func(key string, n int) {
-		c := newLeaderCall(fingerprint{})
-		_, _, _, owner := tab.acquire(key, c, 0)
-		require.True(t, owner)
-		tab.release(key, c, outcome{}, cacheShardRecord(n))
+		for range 2 {
+			c := newLeaderCall(fingerprint{})
+			_, _, _, owner := tab.acquire(key, c, 0)
+			require.True(t, owner)
+			tab.release(key, c, outcome{}, cacheShardRecord(n))
+		}
 	}
 	// 40 value bytes + key + 160 of overhead: 4 records fit in 1000 bytes.
 	for _, k := range keys[:10] {
@@ -321,11 +325,14 @@ func TestRecordCacheShardBounds(t *testing.T) {
 
 	// Churn: one key cached again and again (each Do of it after a Forget
 	// or an expiry uncaches it first).
-	for range 10000 {
+	for i := range 10000 {
 		c := newLeaderCall(fingerprint{})
 		_, _, _, owner := tab.acquire(keys[6], c, math.MaxInt64) // expired: uncached
 		require.True(t, owner)
 		tab.release(keys[6], c, outcome{}, cacheShardRecord(40))
+		// Admitted every second time.
+		_, cached := s0.cache[keys[6]]
+		require.Equal(t, i%2 == 1, cached, "round %d", i)
 	}
 	require.Len(t, s0.cache, 4)
 	require.LessOrEqual(t, s0.fifo.len(), 2*len(s0.cache)+17)

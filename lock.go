@@ -3,6 +3,7 @@ package idem
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 )
 
 // numShards is the number of lock shards. It is a power of two so that a
@@ -15,8 +16,8 @@ const numShards = 256
 // wait on its channels, never on a mutex.
 //
 // Each shard also caches the completed records of some of its keys (those
-// read back for a replay), so that further replays of them need no Pebble
-// read, and evicts them first in, first out. Only a key's owner changes the
+// read back for a second replay), so that further replays of them need no
+// Pebble read, and evicts them first in, first out. Only a key's owner changes the
 // cache, when it releases the key (after its writes have returned), in the
 // same critical section that removes it as owner: a caller that finds no
 // owner under the mutex finds the cache as current as the database.
@@ -35,8 +36,18 @@ type lockShard struct {
 	cache      map[string]cachedRecord // completed and failed records, as stored
 	cacheBytes int                     // the size of cache, by cachedRecord.size
 	fifo       cacheFIFO               // the cached keys in the order they were cached
-	_          [56]byte                // pads a shard to 128 bytes: no two shards' mutexes share a cache line
+	_          [56]byte                // pads the fields above to 128 bytes: no two shards' mutexes share a cache line
+
+	// door admits a record to the cache on its second replay: it holds a
+	// tag of each key whose record was replayed once (one slot per key
+	// hash, the latest key wins). Most retried keys are retried once, and
+	// caching their record would only cost an eviction. Read and written
+	// without the mutex: a lost update only delays an admission.
+	door [doorSlots]atomic.Uint32
 }
+
+// doorSlots is the number of slots of a shard's door.
+const doorSlots = 64
 
 // cachedRecord is an immutable copy of a stored completed or failed record.
 type cachedRecord struct {
@@ -238,12 +249,14 @@ func (t *lockTable) setRunning(key string, c *call) {
 }
 
 // release removes the Do leader c as the owner of key, caches rec (the key's
-// record as now stored, or nil if it has none or is not to be cached), hands
-// out to the followers and wakes them. c must not be used afterwards.
+// record as now stored, read back for a replay, or nil if it has none or is
+// not to be cached) if the door admits it, hands out to the followers and
+// wakes them. c must not be used afterwards.
 func (t *lockTable) release(key string, c *call, out outcome, rec *record) {
-	s := t.shard(key)
+	h := maphash.String(t.seed, key)
+	s := &t.shards[h&(numShards-1)]
 	var cr cachedRecord
-	if rec != nil && t.cacheLimit > 0 && (rec.state == StateCompleted || rec.state == StateFailed) {
+	if rec != nil && t.cacheLimit > 0 && (rec.state == StateCompleted || rec.state == StateFailed) && s.admit(h) {
 		if n := cachedSize(key, rec.value, rec.errMsg); n <= t.cacheLimit {
 			cr = cachedRecord{fp: rec.fp, failed: rec.state == StateFailed, size: int32(n), created: rec.created, expires: rec.expires, value: cloneBytes(rec.value), errMsg: rec.errMsg}
 		}
@@ -267,6 +280,21 @@ func (t *lockTable) release(key string, c *call, out outcome, rec *record) {
 	}
 	c.out = out
 	close(done)
+}
+
+// admit reports whether a record of the key whose hash is h, read back for
+// a replay, goes into the cache: yes if the key's tag is in its door slot
+// (its second replay), which it then leaves; otherwise it puts the tag
+// there.
+func (s *lockShard) admit(h uint64) bool {
+	slot := &s.door[(h/numShards)%doorSlots]
+	tag := uint32(h>>32) | 1 // never 0, the empty slot
+	if slot.Load() == tag {
+		slot.Store(0)
+		return true
+	}
+	slot.Store(tag)
+	return false
 }
 
 // releaseAll removes the maintenance claim c from all of keys, which it

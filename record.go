@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -520,10 +521,21 @@ type store struct {
 	db *pebble.DB
 }
 
+// keyBufs recycles the buffers of the Pebble keys that get reads.
+var keyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // get returns key's record, or false if there is none. Expiry is the
 // caller's business.
 func (s *store) get(key string) (record, bool, error) {
-	raw, closer, err := s.db.Get(recordKey(key))
+	// The Pebble key is built in a pooled buffer: Get keeps it until the
+	// value's closer is closed.
+	kb := keyBufs.Get().(*[]byte)
+	k := append(append((*kb)[:0], prefixRecord), key...)
+	defer func() {
+		*kb = k
+		keyBufs.Put(kb)
+	}()
+	raw, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return record{}, false, nil
 	}
