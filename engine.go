@@ -473,12 +473,12 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 
 	v, fnErr := fn(ctx)
 	st.fnDone = true
-	return e.complete(&st, key, c, oldExpires, v, fnErr)
+	return e.complete(&st, key, c, now, oldExpires, v, fnErr)
 }
 
-// complete stores the outcome of fn for a claimed key. oldExpires is the
-// expiry of the key's index entry to replace (its marker's), if any.
-func (e *Engine) complete(st *leadState, key string, c *call, oldExpires int64, v []byte, fnErr error) (Result, error) {
+// complete stores the outcome of fn for a key claimed at claimed. oldExpires
+// is the expiry of the key's index entry to replace (its marker's), if any.
+func (e *Engine) complete(st *leadState, key string, c *call, claimed, oldExpires int64, v []byte, fnErr error) (Result, error) {
 	var tooLarge error
 	switch {
 	case fnErr != nil && !isPermanent(fnErr):
@@ -494,15 +494,10 @@ func (e *Engine) complete(st *leadState, key string, c *call, oldExpires int64, 
 		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
 
-	// A record lives TTL from when its key was claimed: the result keeps
-	// the marker's expiry, and so its index entry, and its batch is a
+	// A record lives TTL from when its key was claimed: the result has the
+	// marker's expiry, and so keeps its index entry, and its batch is a
 	// single Set.
-	now := e.now()
-	expires := e.expiry(now)
-	if st.marker != nil {
-		expires = st.marker.expires
-	}
-	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: now, expires: expires, value: v}
+	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: e.now(), expires: e.expiry(claimed), value: v}
 	if fnErr != nil {
 		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
 	}

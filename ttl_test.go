@@ -156,3 +156,28 @@ func TestSweepWhileDoCallsTheSameKeys(t *testing.T) {
 		require.Equal(t, "v2", string(rec.Value))
 	}
 }
+
+// A record lives TTL from when its key was claimed, just before fn ran,
+// whatever the durability; CreatedAt is when the result was stored.
+func TestExpiryCountsFromTheClaim(t *testing.T) {
+	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
+		t.Run(d.String(), func(t *testing.T) {
+			clk := newClock()
+			e := open(t, nil, "db", &idem.Options{Now: clk.Now, TTL: time.Hour, Durability: d})
+			claimed := clk.Now()
+			res, err := e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
+				clk.Advance(10 * time.Minute)
+				return []byte("v"), nil
+			})
+			require.NoError(t, err)
+			require.True(t, claimed.Add(time.Hour).Equal(res.ExpiresAt), "ExpiresAt %v", res.ExpiresAt)
+			require.True(t, claimed.Add(10*time.Minute).Equal(res.CreatedAt), "CreatedAt %v", res.CreatedAt)
+			rec, err := e.Lookup("k")
+			require.NoError(t, err)
+			require.True(t, claimed.Add(time.Hour).Equal(rec.ExpiresAt), "ExpiresAt %v", rec.ExpiresAt)
+			clk.Advance(50 * time.Minute) // an hour after the claim
+			_, err = e.Lookup("k")
+			require.ErrorIs(t, err, idem.ErrNotFound)
+		})
+	}
+}
