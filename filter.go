@@ -32,35 +32,46 @@ import (
 const (
 	filterBitsPerKey = 10 // about 1% false positives with filterHashes
 	filterHashes     = 7
+	blockWords       = 8 // a block is 512 bits: one 64-byte cache line
 )
 
 // filterMinKeys is the smallest capacity of a filter; tests lower it to make
 // rebuilds frequent.
 var filterMinKeys int64 = 1 << 16
 
-// bloomFilter is a fixed-size bloom filter safe for concurrent use without locks.
+// bloomFilter is a fixed-size, cache-blocked bloom filter safe for
+// concurrent use without locks: all the bits of a key are in one 512-bit
+// block, so an add or a lookup touches one cache line, not filterHashes of
+// them (at the cost of a few more false positives).
 type bloomFilter struct {
-	seed     maphash.Seed
-	words    []atomic.Uint64
-	mask     uint64 // bit count - 1 (a power of two)
-	capacity int64  // keys it was sized for
-	added    atomic.Int64
+	seed      maphash.Seed
+	words     []atomic.Uint64
+	blockMask uint64 // blocks - 1 (a power of two)
+	capacity  int64  // keys it was sized for
+	added     atomic.Int64
 }
 
 func newBloom(keys int64, seed maphash.Seed) *bloomFilter {
 	nbits := uint64(1) << bits.Len64(uint64(keys*filterBitsPerKey)-1)
-	return &bloomFilter{seed: seed, words: make([]atomic.Uint64, nbits/64), mask: nbits - 1, capacity: keys}
+	nbits = max(nbits, 64*blockWords)
+	// Slices this large are allocated aligned to at least 64 bytes, so each
+	// block is a cache line.
+	return &bloomFilter{seed: seed, words: make([]atomic.Uint64, nbits/64), blockMask: nbits/(64*blockWords) - 1, capacity: keys}
 }
 
-// probes calls f with each of the key's bit positions (double hashing).
+// probes calls f with each of the key's bit positions, all in one block: the
+// high half of the hash picks the block, the low half the bits (double
+// hashing).
 func (b *bloomFilter) probes(key string, f func(bit uint64) bool) {
 	h := maphash.String(b.seed, key)
-	delta := h>>33 | h<<31 | 1
+	base := (h >> 32 & b.blockMask) * blockWords * 64
+	lo := uint32(h)
+	delta := lo>>17 | lo<<15 | 1
 	for range filterHashes {
-		if !f(h & b.mask) {
+		if !f(base + uint64(lo%(blockWords*64))) {
 			return
 		}
-		h += delta
+		lo += delta
 	}
 }
 
