@@ -43,10 +43,10 @@
 //
 // # Expiry
 //
-// An expired record is invisible at once. A background sweeper (every
-// Options.SweepInterval) deletes expired records through a time-ordered index,
-// and Pebble's compactions turn the deletions into free disk space. Sweep
-// runs one now.
+// An expired record is invisible at once. A background sweeper reads the
+// records a slice every Options.SweepInterval, passing over all of them in
+// about TTL/8, and deletes the expired ones; Pebble's compactions turn the
+// deletions into free disk space. Sweep makes a whole pass now.
 //
 // # Caveats
 //

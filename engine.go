@@ -210,7 +210,6 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
-	po.Experimental.SpanPolicyFunc = splitAtIndex
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		lock.Close()
@@ -234,6 +233,13 @@ func Open(dir string, opts *Options) (*Engine, error) {
 			return nil, fmt.Errorf("%w: %s: %s", ErrNotDatabase, dir, nd.reason)
 		}
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	if !o.ReadOnly {
+		if err := e.store.dropOldIndex(); err != nil {
+			db.Close()
+			lock.Close()
+			return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+		}
 	}
 	e.bgCtx, e.stopBackground = context.WithCancel(context.Background())
 	if !o.ReadOnly {
@@ -417,10 +423,9 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 			return e.finish(&st, key, c, outcome{share: true, err: err}, nil)
 		}
 	}
-	var oldExpires int64 // the index entry of the record being replaced, if any
+	replacing := found // the key has a record, which a new one replaces
 	if found && rec.expired(now) {
 		found = false
-		oldExpires = rec.expires
 	}
 	if found {
 		if rec.fp != c.fp {
@@ -443,10 +448,9 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 			if !e.opts.RetryInterrupted {
 				return e.finish(&st, key, c, outcome{share: true, err: ErrInterrupted}, nil)
 			}
-			oldExpires = rec.expires
 		}
 	}
-	if oldExpires != 0 && rec.state == StateInFlight && rec.epoch == e.epoch {
+	if replacing && rec.state == StateInFlight && rec.epoch == e.epoch {
 		e.orphans.Delete(key) // about to be replaced
 	}
 	if err := ctx.Err(); err != nil {
@@ -462,23 +466,21 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 	}
 	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now)}
 	if e.opts.Durability != SyncNone {
-		if err := e.store.put(key, &marker, oldExpires, e.opts.Durability == SyncAll); err != nil {
+		if err := e.store.put(key, &marker, e.opts.Durability == SyncAll); err != nil {
 			return e.finish(&st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
 		}
 		st.marker = &marker
-		oldExpires = marker.expires
 	}
 	e.locks.setRunning(key, c)
 	e.stats.executions.Add(1)
 
 	v, fnErr := fn(ctx)
 	st.fnDone = true
-	return e.complete(&st, key, c, now, oldExpires, v, fnErr)
+	return e.complete(&st, key, c, now, v, fnErr)
 }
 
-// complete stores the outcome of fn for a key claimed at claimed. oldExpires
-// is the expiry of the key's index entry to replace (its marker's), if any.
-func (e *Engine) complete(st *leadState, key string, c *call, claimed, oldExpires int64, v []byte, fnErr error) (Result, error) {
+// complete stores the outcome of fn for a key claimed at claimed.
+func (e *Engine) complete(st *leadState, key string, c *call, claimed int64, v []byte, fnErr error) (Result, error) {
 	var tooLarge error
 	switch {
 	case fnErr != nil && !isPermanent(fnErr):
@@ -495,8 +497,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, claimed, oldExpire
 	}
 
 	// A record lives TTL from when its key was claimed: the result has the
-	// marker's expiry, and so keeps its index entry, and its batch is a
-	// single Set.
+	// marker's expiry.
 	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: e.now(), expires: e.expiry(claimed), value: v}
 	if fnErr != nil {
 		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
@@ -504,7 +505,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, claimed, oldExpire
 	// The key stays claimed until this commit has returned: Pebble makes a
 	// synced commit visible before its fsync ends, and no duplicate may be
 	// answered from a record that is not yet durable.
-	if err := e.store.put(key, &rec, oldExpires, e.opts.Durability != SyncNone); err != nil {
+	if err := e.store.put(key, &rec, e.opts.Durability != SyncNone); err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
 		if st.marker != nil {
@@ -551,7 +552,7 @@ func (e *Engine) releaseQuietly(key string, marker *record) {
 				err = fmt.Errorf("panic: %v", r)
 			}
 		}()
-		err = e.store.remove(key, marker.expires, e.opts.Durability == SyncAll)
+		err = e.store.remove(key, 0, e.opts.Durability == SyncAll)
 	}()
 	if err != nil {
 		e.orphans.Store(key, struct{}{})
@@ -718,14 +719,13 @@ func (e *Engine) Forget(key string) error {
 	defer e.locks.releaseAll([]string{key}, c)
 	rec, found, err := e.store.get(key)
 	if errors.Is(err, ErrCorrupt) {
-		// A corrupt record can be forgotten; its index entry, whose expiry
-		// is unknown, is left to the sweeper, which drops stale entries.
+		// A corrupt record can be forgotten.
 		return e.store.remove(key, 0, e.opts.Durability != SyncNone)
 	}
 	if err != nil || !found {
 		return err
 	}
-	if err := e.store.remove(key, rec.expires, e.opts.Durability != SyncNone); err != nil {
+	if err := e.store.remove(key, rec.size, e.opts.Durability != SyncNone); err != nil {
 		return err
 	}
 	e.orphans.Delete(key)
@@ -820,9 +820,12 @@ func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Recor
 }
 
 // Sweep removes the records that have expired, now, and returns how many it
-// removed. The background sweeper does the same every Options.SweepInterval.
-// Expired records are invisible whether or not they have been swept; Sweep
-// frees their space. It stops early, with ctx's error, when ctx ends.
+// removed. It reads every record (the start of each), so its cost grows
+// with the number of records, not with the number expired. The background
+// sweeper does the same a slice at a time (Options.SweepInterval). Expired
+// records are invisible whether or not they have been swept; Sweep frees
+// their space. A record whose key a call holds meanwhile is left to a later
+// sweep. It stops early, with ctx's error, when ctx ends.
 func (e *Engine) Sweep(ctx context.Context) (int, error) {
 	if !e.enter() {
 		return 0, ErrClosed

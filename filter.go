@@ -135,6 +135,17 @@ func (f *keyFilter) absent(key string) bool {
 	return c != nil && !c.mayContain(key)
 }
 
+// estimate returns about how many keys have records: the keys added to the
+// filter (since a build, which adds those found) less the records removed
+// since. It is 0 until the first build is done.
+func (f *keyFilter) estimate() int64 {
+	c := f.current.Load()
+	if c == nil {
+		return 0
+	}
+	return max(c.added.Load()-f.removed.Load(), 0)
+}
+
 // full reports whether the filter holds more keys than it was sized for.
 func (f *keyFilter) full() bool {
 	c := f.current.Load()
@@ -161,11 +172,7 @@ func (f *keyFilter) rebuild(ctx context.Context, src keySource, onErr func(error
 		return
 	}
 	f.building = true
-	var keys int64 // an estimate of the keys with records now
-	if c := f.current.Load(); c != nil {
-		keys = c.added.Load() - f.removed.Load()
-	}
-	b := newBloom(max(2*keys, f.minKeys), f.seed)
+	b := newBloom(max(2*f.estimate(), f.minKeys), f.seed)
 	f.next.Store(b) // from here on, new keys go to b too
 	f.wg.Add(1)
 	go func() {

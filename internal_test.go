@@ -132,7 +132,7 @@ func TestInterruptedListsAllAcrossChunks(t *testing.T) {
 			r.state, r.epoch = StateInFlight, e.epoch-1
 			want = append(want, key)
 		}
-		require.NoError(t, e.store.put(key, &r, 0, false))
+		require.NoError(t, e.store.put(key, &r, false))
 	}
 	var got []string
 	for r, err := range e.Interrupted() {
@@ -152,9 +152,9 @@ func TestInterruptedListsAllAcrossChunks(t *testing.T) {
 	require.Equal(t, 5, count)
 }
 
-// A key held by another call while a sweep passes keeps its index entry
-// (which the sweep's DeleteRange covers), so a later sweep removes it.
-func TestSweepKeepsTheEntriesOfHeldKeys(t *testing.T) {
+// A key held by another call while a sweep passes is left alone, and a
+// later sweep removes it.
+func TestSweepLeavesHeldKeysToALaterSweep(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	e := openInternal(t, nil, Options{Now: func() time.Time { return now }, TTL: time.Hour})
 	ctx := context.Background()
@@ -174,7 +174,7 @@ func TestSweepKeepsTheEntriesOfHeldKeys(t *testing.T) {
 
 	removed, err = e.Sweep(ctx)
 	require.NoError(t, err)
-	require.Equal(t, 1, removed, "the held key's entry survived the first sweep")
+	require.Equal(t, 1, removed, "the held key was not swept later")
 	_, found, err := e.store.get("b")
 	require.NoError(t, err)
 	require.False(t, found)
@@ -347,4 +347,74 @@ func TestRecordCacheShardBounds(t *testing.T) {
 		sum += cachedSize(k, r.value, r.errMsg)
 	}
 	require.Equal(t, sum, s0.cacheBytes)
+}
+
+// The background sweeper sweeps a slice of the records each interval; the
+// slices of one pass cover every record, so a pass removes every record
+// expired when it began, and the next pass starts again from the first.
+func TestSweepSlicesCoverAPass(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := openInternal(t, nil, Options{Now: func() time.Time { return now }, TTL: time.Hour, Durability: SyncNone})
+	ctx := context.Background()
+	const n = 5*sweepBatch + 100
+	for i := range n {
+		_, err := e.Do(ctx, fmt.Sprintf("k%05d", i), nil, valueFn([]byte("v")))
+		require.NoError(t, err)
+		if i == n/2 {
+			now = now.Add(30 * time.Minute) // the second half expires later
+		}
+	}
+	now = now.Add(45 * time.Minute) // the first half has expired
+	cur := sweepCursor{lastPass: -1}
+	removed, slices := 0, 0
+	for {
+		got, err := e.sweepSlice(ctx, &cur, 2*sweepBatch)
+		require.NoError(t, err)
+		removed += got
+		slices++
+		if cur.after == nil {
+			break
+		}
+	}
+	require.Equal(t, n/2+1, removed)
+	require.Equal(t, 3, slices, "slices of at least 2 batches over %d records", n)
+	require.EqualValues(t, n, cur.lastPass)
+
+	now = now.Add(time.Hour) // everything has expired
+	got, err := e.sweepSlice(ctx, &cur, 1)
+	require.NoError(t, err)
+	require.Equal(t, sweepBatch, got, "a new pass starts at the first record; one batch at least")
+}
+
+func TestSliceQuota(t *testing.T) {
+	// A pass takes TTL/8, at least one interval: with a TTL of 24 hours
+	// and an interval of a minute, 180 slices of 1/180 of the records.
+	require.EqualValues(t, 5556, sliceQuota(1_000_000, 24*time.Hour, time.Minute))
+	require.EqualValues(t, 1000, sliceQuota(1000, time.Hour, time.Hour), "one slice a pass")
+	require.EqualValues(t, sweepBatch, sliceQuota(10, 24*time.Hour, time.Minute), "at least a batch")
+	require.EqualValues(t, sweepBatch, sliceQuota(0, 24*time.Hour, time.Minute))
+}
+
+// A directory written by an earlier version has an expiry index (x keys),
+// which nothing reads now: Open deletes it, records stay.
+func TestOpenDropsTheOldExpiryIndex(t *testing.T) {
+	fs := vfs.NewMem()
+	e := openInternal(t, fs, Options{})
+	_, err := e.Do(context.Background(), "k", nil, valueFn([]byte("v")))
+	require.NoError(t, err)
+	for i := range 100 {
+		k := append([]byte{prefixIndex, 0, 0, 0, 0, 0, 0, 0, byte(i)}, "k"...)
+		require.NoError(t, e.db.Set(k, nil, pebble.Sync))
+	}
+	require.NoError(t, e.Close())
+
+	e = openInternal(t, fs, Options{})
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIndex}, UpperBound: []byte{prefixIndex + 1}})
+	require.NoError(t, err)
+	require.False(t, it.First(), "an index key is left")
+	require.NoError(t, it.Close())
+	res, err := e.Do(context.Background(), "k", nil, valueFn([]byte("other")))
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.Equal(t, "v", string(res.Value))
 }

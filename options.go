@@ -93,9 +93,13 @@ type Options struct {
 	// (1 MiB); negative or above 1 GiB is an error.
 	MaxValueSize int
 
-	// SweepInterval is how often the background sweeper removes expired
-	// records. If 0, DefaultSweepInterval (1 minute); negative turns the
-	// background sweeper off (Sweep still works).
+	// SweepInterval is how often the background sweeper wakes. Each time,
+	// it reads the next slice of the records and deletes the expired ones,
+	// the slices sized so that it passes over all the records in about
+	// TTL/8 (at least one interval): an expired record is removed about
+	// TTL/8 after it expired, at most. If 0, DefaultSweepInterval (1
+	// minute); negative turns the background sweeper off (Sweep still
+	// works).
 	SweepInterval time.Duration
 
 	// CacheSize is the size of Pebble's block cache, in bytes. If 0,

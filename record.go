@@ -336,6 +336,35 @@ func decodeRecord(b []byte) (record, error) {
 	return r, nil
 }
 
+// recordExpiry reads the expiry of an encoded record, without decoding the
+// rest.
+func recordExpiry(b []byte) (int64, error) {
+	d := mpReader{b: b}
+	n, err := d.arrayLen()
+	if err != nil {
+		return 0, err
+	}
+	if n != recordFields {
+		return 0, fmt.Errorf("record has %d fields, want %d", n, recordFields)
+	}
+	if version, err := d.uint(); err != nil || version != recordVersion {
+		return 0, fmt.Errorf("record version %d: %v", version, err)
+	}
+	if _, err := d.uint(); err != nil { // state
+		return 0, err
+	}
+	if _, err := d.bytes(); err != nil { // fingerprint
+		return 0, err
+	}
+	if _, err := d.uint(); err != nil { // epoch
+		return 0, err
+	}
+	if _, err := d.int(); err != nil { // created
+		return 0, err
+	}
+	return d.int()
+}
+
 // mpReader reads msgpack from a byte slice, accepting for each kind the
 // codes msgpack/v5's Decoder accepts.
 type mpReader struct {
@@ -474,9 +503,11 @@ func (d *mpReader) bytes() ([]byte, error) {
 
 // Key layout. Every key starts with a one-byte prefix:
 //
-//	r<key>                      a key's record
-//	x<expiry, 8 bytes BE><key>  the expiry index (ttl.go)
-//	m<name>                     engine metadata
+//	r<key>   a key's record
+//	m<name>  engine metadata
+//
+// Directories written by earlier versions may also hold an expiry index,
+// x<expiry, 8 bytes BE><key>, which Open deletes (ttl.go).
 const (
 	prefixRecord = 'r'
 	prefixIndex  = 'x'
@@ -490,23 +521,6 @@ var (
 
 // formatName identifies a directory written by this engine.
 const formatName = "idem/1"
-
-// splitAtIndex makes every flush and compaction end its output table at the
-// bounds of the expiry index. Index keys are written in time order, so a
-// table of them alone rarely overlaps older index tables, and Pebble can
-// move it down a level without rewriting it; a table that also held records
-// would span the whole key space between them and drag the index into every
-// compaction of the records.
-func splitAtIndex(start []byte) (pebble.SpanPolicy, []byte, error) {
-	switch {
-	case len(start) == 0 || start[0] < prefixIndex:
-		return pebble.SpanPolicy{}, []byte{prefixIndex}, nil
-	case start[0] == prefixIndex:
-		return pebble.SpanPolicy{}, []byte{prefixIndex + 1}, nil
-	default:
-		return pebble.SpanPolicy{}, nil, nil
-	}
-}
 
 func recordKey(key string) []byte {
 	k := make([]byte, 1+len(key))
@@ -551,11 +565,8 @@ func (s *store) get(key string) (record, bool, error) {
 	return rec, true, nil
 }
 
-// put stores rec for key and indexes its expiry, in one batch. If the key
-// had an index entry at expiry oldExpires (oldExpires > 0), that entry is
-// dropped in the same batch; if that is rec's expiry already, the index is
-// left as it is.
-func (s *store) put(key string, rec *record, oldExpires int64, sync bool) error {
+// put stores rec for key, in a batch of its own.
+func (s *store) put(key string, rec *record, sync bool) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	// The record is encoded in place in the batch.
@@ -568,29 +579,16 @@ func (s *store) put(key string, rec *record, oldExpires int64, sync bool) error 
 	if err := op.Finish(); err != nil {
 		return err
 	}
-	if oldExpires != rec.expires {
-		if oldExpires > 0 {
-			if err := b.Delete(indexKey(oldExpires, key), nil); err != nil {
-				return err
-			}
-		}
-		op := b.SetDeferred(indexKeySize(key), 0)
-		putIndexKey(op.Key, rec.expires, key)
-		if err := op.Finish(); err != nil {
-			return err
-		}
-	}
 	return b.Commit(writeOpts(sync))
 }
 
-// remove deletes key's record and its index entry at expiry expires.
-func (s *store) remove(key string, expires int64, sync bool) error {
+// remove deletes key's record. size is the record's encoded size if known
+// (a DeleteSized tombstone lets Pebble's compactions see how much space the
+// delete frees), or 0.
+func (s *store) remove(key string, size uint32, sync bool) error {
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := b.Delete(recordKey(key), nil); err != nil {
-		return err
-	}
-	if err := b.Delete(indexKey(expires, key), nil); err != nil {
+	if err := b.DeleteSized(recordKey(key), size, nil); err != nil {
 		return err
 	}
 	return b.Commit(writeOpts(sync))
