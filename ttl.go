@@ -115,13 +115,13 @@ func sliceQuota(records int64, ttl, interval time.Duration) int64 {
 func (e *Engine) sweepStep(after []byte, now int64) (next []byte, read, removed int, err error) {
 	var expired []string
 	corrupt := 0
-	next, err = e.store.scanExpiries(after, sweepBatch, func(key string, expires int64, ok bool) {
+	next, err = e.store.scanExpiries(after, sweepBatch, func(key []byte, expires int64, ok bool) {
 		read++
 		switch {
 		case !ok:
 			corrupt++
 		case expires <= now:
-			expired = append(expired, key)
+			expired = append(expired, string(key))
 		}
 	})
 	if err != nil {
@@ -196,12 +196,12 @@ func (s *store) deleteRecords(del []sweptRecord) error {
 	return b.Commit(pebble.NoSync)
 }
 
-// scanExpiries calls fn with the key and the expiry of up to limit records
-// after the record key after (from the first if after is nil), in key
-// order, reading only the start of each record; ok is false for a record
-// whose start does not decode. It returns the record key to continue after,
-// or nil at the end.
-func (s *store) scanExpiries(after []byte, limit int, fn func(key string, expires int64, ok bool)) ([]byte, error) {
+// scanExpiries calls fn with the key (valid during the call) and the expiry
+// of up to limit records after the record key after (from the first if
+// after is nil), in key order, reading only the start of each record; ok is
+// false for a record whose start does not decode. It returns the record key
+// to continue after, or nil at the end.
+func (s *store) scanExpiries(after []byte, limit int, fn func(key []byte, expires int64, ok bool)) ([]byte, error) {
 	lower := []byte{prefixRecord}
 	if after != nil {
 		lower = successor(after)
@@ -220,7 +220,7 @@ func (s *store) scanExpiries(after []byte, limit int, fn func(key string, expire
 			return nil, err
 		}
 		expires, err := recordExpiry(v)
-		fn(string(k[1:]), expires, err == nil)
+		fn(k[1:], expires, err == nil)
 		last = append(last[:0], k...)
 		n++
 	}
