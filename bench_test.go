@@ -71,17 +71,30 @@ func benchDB(b *testing.B) *pebble.DB {
 	return e.db
 }
 
-// benchKey returns the key "key-%012d" of i, in one allocation (Sprintf
-// takes two).
+// benchKey returns the key of i: "key-" and 16 hex digits, in one
+// allocation.
 func benchKey(i int64) string {
-	var digits [20]byte
-	d := strconv.AppendInt(digits[:0], i, 10)
-	var b [32]byte
-	k := append(b[:0], "key-"...)
-	for range 12 - len(d) {
-		k = append(k, '0')
+	const hex = "0123456789abcdef"
+	var b [20]byte
+	copy(b[:], "key-")
+	for j := range 16 {
+		b[19-j] = hex[uint64(i)>>(4*j)&0xf]
 	}
-	return string(append(k, d...))
+	return string(b[:])
+}
+
+// keyOrders are the orders of the keys of the new-key benchmarks, the
+// engine's and the floor's alike. In "seq", keys come in key order, which is
+// Pebble's best case: a flushed table overlaps no older one and moves down
+// the levels without a rewrite. In "rand", they are scattered, as UUIDs are
+// (the IETF draft's example key is one): every flushed table overlaps the
+// older ones, and compactions rewrite them.
+var keyOrders = []struct {
+	name string
+	key  func(i int64) string
+}{
+	{"seq", benchKey},
+	{"rand", func(i int64) string { return benchKey(int64(uint64(i) * 0x9E3779B97F4A7C15)) }},
 }
 
 // benchKeys returns the keys of 0 to n-1, made before the timer starts, so
@@ -100,17 +113,19 @@ func benchFn(context.Context) ([]byte, error) { return benchValue, nil }
 
 func BenchmarkDoNewKey(b *testing.B) {
 	for _, d := range []Durability{SyncAll, SyncResult, SyncNone} {
-		for _, callers := range benchCallers {
-			b.Run(fmt.Sprintf("%v/callers=%d", d, callers), func(b *testing.B) {
-				e := benchEngine(b, Options{Durability: d})
-				ctx := context.Background()
-				b.ReportAllocs()
-				runCallers(b, callers, func(i int64) {
-					if _, err := e.Do(ctx, benchKey(i), nil, benchFn); err != nil {
-						b.Fatal(err)
-					}
+		for _, order := range keyOrders {
+			for _, callers := range benchCallers {
+				b.Run(fmt.Sprintf("%v/keys=%s/callers=%d", d, order.name, callers), func(b *testing.B) {
+					e := benchEngine(b, Options{Durability: d})
+					ctx := context.Background()
+					b.ReportAllocs()
+					runCallers(b, callers, func(i int64) {
+						if _, err := e.Do(ctx, order.key(i), nil, benchFn); err != nil {
+							b.Fatal(err)
+						}
+					})
 				})
-			})
+			}
 		}
 	}
 }
@@ -202,16 +217,18 @@ func BenchmarkFloorPebble(b *testing.B) {
 		name string
 		opts *pebble.WriteOptions
 	}{{"Set(Sync)", pebble.Sync}, {"Set(NoSync)", pebble.NoSync}} {
-		for _, callers := range benchCallers {
-			b.Run(fmt.Sprintf("%s/callers=%d", mode.name, callers), func(b *testing.B) {
-				db := benchDB(b)
-				b.ReportAllocs()
-				runCallers(b, callers, func(i int64) {
-					if err := db.Set(recordKey(benchKey(i)), benchValue, mode.opts); err != nil {
-						b.Fatal(err)
-					}
+		for _, order := range keyOrders {
+			for _, callers := range benchCallers {
+				b.Run(fmt.Sprintf("%s/keys=%s/callers=%d", mode.name, order.name, callers), func(b *testing.B) {
+					db := benchDB(b)
+					b.ReportAllocs()
+					runCallers(b, callers, func(i int64) {
+						if err := db.Set(recordKey(order.key(i)), benchValue, mode.opts); err != nil {
+							b.Fatal(err)
+						}
+					})
 				})
-			})
+			}
 		}
 	}
 	for _, set := range replaySets {
