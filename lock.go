@@ -38,16 +38,23 @@ type lockShard struct {
 	fifo       cacheFIFO               // the cached keys in the order they were cached
 	_          [56]byte                // pads the fields above to 128 bytes: no two shards' mutexes share a cache line
 
-	// door admits a record to the cache on its second replay: it holds a
-	// tag of each key whose record was replayed once (one slot per key
-	// hash, the latest key wins). Most retried keys are retried once, and
-	// caching their record would only cost an eviction. Read and written
-	// without the mutex: a lost update only delays an admission.
-	door [doorSlots]atomic.Uint32
+	// door admits a record to the cache on its second replay: a bitset of
+	// the hashes of the keys whose record was replayed, cleared after
+	// doorResetAfter keys, so that it forgets keys replayed once long ago.
+	// Most retried keys are retried once, and caching their record would
+	// only cost an eviction. Read and written without the mutex: a lost
+	// update only delays an admission, and a false positive (two keys on
+	// one bit) only admits a record early.
+	door     [doorWords]atomic.Uint64
+	doorAdds atomic.Int32 // bits set since the door was last cleared
 }
 
-// doorSlots is the number of slots of a shard's door.
-const doorSlots = 64
+// The door of a shard: 1024 bits, cleared once a quarter are set.
+const (
+	doorWords      = 16
+	doorBits       = doorWords * 64
+	doorResetAfter = doorBits / 4
+)
 
 // cachedRecord is an immutable copy of a stored completed or failed record.
 type cachedRecord struct {
@@ -283,17 +290,22 @@ func (t *lockTable) release(key string, c *call, out outcome, rec *record) {
 }
 
 // admit reports whether a record of the key whose hash is h, read back for
-// a replay, goes into the cache: yes if the key's tag is in its door slot
-// (its second replay), which it then leaves; otherwise it puts the tag
-// there.
+// a replay, goes into the cache: yes if the key's bit is set in the door
+// (it was replayed since the door was last cleared); otherwise it sets the
+// bit.
 func (s *lockShard) admit(h uint64) bool {
-	slot := &s.door[(h/numShards)%doorSlots]
-	tag := uint32(h>>32) | 1 // never 0, the empty slot
-	if slot.Load() == tag {
-		slot.Store(0)
+	bit := (h / numShards) % doorBits
+	w, m := &s.door[bit/64], uint64(1)<<(bit%64)
+	if w.Load()&m != 0 {
 		return true
 	}
-	slot.Store(tag)
+	w.Or(m)
+	if s.doorAdds.Add(1) >= doorResetAfter {
+		s.doorAdds.Store(0)
+		for i := range s.door {
+			s.door[i].Store(0)
+		}
+	}
 	return false
 }
 
