@@ -23,6 +23,9 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/idemkv/idem/internal/countfs"
 )
 
 var benchCallers = []int{1, 16, 64, 256}
@@ -64,11 +67,20 @@ func benchEngine(b *testing.B, o Options) *Engine {
 	return e
 }
 
-// benchDB opens a raw Pebble database with the engine's options: the floor.
-func benchDB(b *testing.B) *pebble.DB {
+// benchDB opens a raw Pebble database with the engine's options, on fs: the
+// floor.
+func benchDB(b *testing.B, fs vfs.FS) *pebble.DB {
 	b.Helper()
-	e := benchEngine(b, Options{})
+	e := benchEngine(b, Options{FS: fs})
 	return e.db
+}
+
+// reportFsyncs reports the calls per fsync since syncs0, if any fsync was
+// made: how well the commits were grouped.
+func reportFsyncs(b *testing.B, fs *countfs.FS, syncs0 uint64) {
+	if n := fs.Syncs() - syncs0; n > 0 {
+		b.ReportMetric(float64(b.N)/float64(n), "calls/fsync")
+	}
 }
 
 // benchKey returns the key of i: "key-" and 16 hex digits, in one
@@ -116,14 +128,17 @@ func BenchmarkDoNewKey(b *testing.B) {
 		for _, order := range keyOrders {
 			for _, callers := range benchCallers {
 				b.Run(fmt.Sprintf("%v/keys=%s/callers=%d", d, order.name, callers), func(b *testing.B) {
-					e := benchEngine(b, Options{Durability: d})
+					fs := countfs.New(vfs.Default)
+					e := benchEngine(b, Options{Durability: d, FS: fs})
 					ctx := context.Background()
 					b.ReportAllocs()
+					syncs0 := fs.Syncs()
 					runCallers(b, callers, func(i int64) {
 						if _, err := e.Do(ctx, order.key(i), nil, benchFn); err != nil {
 							b.Fatal(err)
 						}
 					})
+					reportFsyncs(b, fs, syncs0)
 				})
 			}
 		}
@@ -224,13 +239,16 @@ func BenchmarkFloorPebble(b *testing.B) {
 		for _, order := range keyOrders {
 			for _, callers := range benchCallers {
 				b.Run(fmt.Sprintf("%s/keys=%s/callers=%d", mode.name, order.name, callers), func(b *testing.B) {
-					db := benchDB(b)
+					fs := countfs.New(vfs.Default)
+					db := benchDB(b, fs)
 					b.ReportAllocs()
+					syncs0 := fs.Syncs()
 					runCallers(b, callers, func(i int64) {
 						if err := db.Set(recordKey(order.key(i)), benchValue, mode.opts); err != nil {
 							b.Fatal(err)
 						}
 					})
+					reportFsyncs(b, fs, syncs0)
 				})
 			}
 		}

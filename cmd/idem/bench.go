@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/countfs"
 )
 
 // benchConfig is what the bench subcommand's flags set.
@@ -157,7 +158,7 @@ func runBench(ctx context.Context, cfg benchConfig, w, progress io.Writer, tty b
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	fs := &countingFS{FS: vfs.Default}
+	fs := countfs.New(vfs.Default)
 	e, err := idem.Open(dir, &idem.Options{Durability: cfg.Durability, FS: fs})
 	if err != nil {
 		return nil, openError(dir, err)
@@ -169,7 +170,7 @@ func runBench(ctx context.Context, cfg benchConfig, w, progress io.Writer, tty b
 	r := &benchRun{cfg: cfg, e: e, values: make([]byte, cfg.ValueSize+64<<10)}
 	rand.Read(r.values)
 
-	syncs0, written0 := fs.syncs.Load(), fs.written.Load()
+	syncs0, written0 := fs.Syncs(), fs.Written()
 	start := time.Now()
 	workers := make([]benchWorker, cfg.Concurrency)
 	var wg sync.WaitGroup
@@ -202,8 +203,8 @@ func runBench(ctx context.Context, cfg benchConfig, w, progress io.Writer, tty b
 		dir:      dir,
 		elapsed:  time.Since(start),
 		canceled: canceled,
-		syncs:    fs.syncs.Load() - syncs0,
-		written:  fs.written.Load() - written0,
+		syncs:    fs.Syncs() - syncs0,
+		written:  fs.Written() - written0,
 		stats:    e.Stats(),
 	}
 	close(progressDone)
