@@ -606,11 +606,24 @@ func writeOpts(sync bool) *pebble.WriteOptions {
 // key order, and returns the record key to continue after, or nil at the
 // end. Records that fail to decode are passed with their error.
 func (s *store) scanRecords(prefix string, after []byte, limit int, fn func(key string, rec record, err error)) ([]byte, error) {
-	lower := recordKey(prefix)
+	return s.scanChunk(recordKey(prefix), prefixEnd(recordKey(prefix)), after, limit, func(k, v []byte) {
+		key := string(k[1:])
+		rec, err := decodeRecord(v)
+		if err != nil {
+			err = fmt.Errorf("%w: key %q: %w", ErrCorrupt, key, err)
+		}
+		fn(key, rec, err)
+	})
+}
+
+// scanChunk calls fn with the key and the value (both valid during the call)
+// of up to limit keys in [lower, upper) after the key after (from lower when
+// after is nil), in key order, with an iterator of its own, and returns the
+// key to continue after, or nil at the end.
+func (s *store) scanChunk(lower, upper, after []byte, limit int, fn func(k, v []byte)) ([]byte, error) {
 	if after != nil {
 		lower = successor(after)
 	}
-	upper := prefixEnd(recordKey(prefix))
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
 		return nil, err
@@ -619,17 +632,12 @@ func (s *store) scanRecords(prefix string, after []byte, limit int, fn func(key 
 	n := 0
 	for valid := it.First(); valid && n < limit; valid = it.Next() {
 		k := it.Key()
-		key := string(k[1:])
 		v, err := it.ValueAndErr()
 		if err != nil {
 			it.Close()
 			return nil, err
 		}
-		rec, err := decodeRecord(v)
-		if err != nil {
-			err = fmt.Errorf("%w: key %q: %w", ErrCorrupt, key, err)
-		}
-		fn(key, rec, err)
+		fn(k, v)
 		last = append(last[:0], k...)
 		n++
 	}

@@ -202,35 +202,10 @@ func (s *store) deleteRecords(del []sweptRecord) error {
 // false for a record whose start does not decode. It returns the record key
 // to continue after, or nil at the end.
 func (s *store) scanExpiries(after []byte, limit int, fn func(key []byte, expires int64, ok bool)) ([]byte, error) {
-	lower := []byte{prefixRecord}
-	if after != nil {
-		lower = successor(after)
-	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{prefixRecord + 1}})
-	if err != nil {
-		return nil, err
-	}
-	var last []byte
-	n := 0
-	for valid := it.First(); valid && n < limit; valid = it.Next() {
-		k := it.Key()
-		v, err := it.ValueAndErr()
-		if err != nil {
-			it.Close()
-			return nil, err
-		}
+	return s.scanChunk([]byte{prefixRecord}, []byte{prefixRecord + 1}, after, limit, func(k, v []byte) {
 		expires, err := recordExpiry(v)
 		fn(k[1:], expires, err == nil)
-		last = append(last[:0], k...)
-		n++
-	}
-	if err := it.Close(); err != nil {
-		return nil, err
-	}
-	if n < limit {
-		return nil, nil
-	}
-	return last, nil
+	})
 }
 
 // successor returns the smallest key after k.
