@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"math"
+	mrand "math/rand/v2"
 	"testing"
 	"time"
 
@@ -365,7 +366,7 @@ func TestSweepSlicesCoverAPass(t *testing.T) {
 		}
 	}
 	now = now.Add(45 * time.Minute) // the first half has expired
-	cur := sweepCursor{lastPass: -1}
+	var cur sweepCursor
 	removed, slices := 0, 0
 	for {
 		got, err := e.sweepSlice(ctx, &cur, 2*sweepBatch)
@@ -445,4 +446,37 @@ func TestRecordCacheDoorAdmitsCycles(t *testing.T) {
 			require.Len(t, s0.cache, len(keys), "round %d", round)
 		}
 	}
+}
+
+// The background sweeper keeps up with a database that grows: its slices
+// are sized by the most records known to be there, not only by the last
+// pass's count. Here its first pass meets an empty database, then keys
+// arrive at 2,500 an interval with a TTL of 8 intervals: the expired
+// records on disk stay within a few intervals' worth (a pass takes TTL/8,
+// one interval). Sized by the last pass alone (0), the slices were of 512
+// records, and the pass never ended.
+func TestSweeperKeepsUpWithGrowth(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const ttl, interval = 8 * time.Minute, time.Minute
+	const perTick, ticks = 2500, 20
+	e := openInternal(t, nil, Options{Now: func() time.Time { return now }, TTL: ttl, Durability: SyncNone})
+	ctx := context.Background()
+	var cur sweepCursor
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	for tick := range ticks {
+		now = now.Add(interval)
+		if tick > 0 { // the first interval is idle
+			for range perTick {
+				_, err := e.Do(ctx, fmt.Sprintf("%016x", rng.Uint64()), nil, valueFn([]byte("v")))
+				require.NoError(t, err)
+			}
+		}
+		_, err := e.sweepTick(ctx, &cur, interval)
+		require.NoError(t, err)
+	}
+	records := 0
+	_, err := e.store.scanChunk([]byte{prefixRecord}, []byte{prefixRecord + 1}, nil, math.MaxInt, func(k, v []byte) { records++ })
+	require.NoError(t, err)
+	live := int(ttl/interval) * perTick
+	require.LessOrEqual(t, records, live+4*perTick, "expired records pile up: %d on disk, %d live", records, live)
 }

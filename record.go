@@ -530,7 +530,7 @@ func recordKey(key string) []byte {
 }
 
 // store is the engine's storage: every Pebble read and write of records and
-// metadata goes through it (and through the index functions in ttl.go).
+// metadata goes through it (and through the sweep's scans in ttl.go).
 type store struct {
 	db *pebble.DB
 }

@@ -19,7 +19,8 @@ import (
 //
 // A sweep reads the records in key order, sweepBatch at a time, each batch
 // with an iterator of its own, so that no iterator pins memtables or tables
-// for long. It claims the keys of the expired records it read, re-reads each
+// for long, and decodes only the start of each value, up to the expiry. It
+// claims the keys of the expired records it read, re-reads each
 // record under its key's claim (a record stored again after it expired is
 // never deleted), and deletes those still expired with DeleteSized, which
 // lets Pebble's tombstone-density compactions find and reclaim their space.
@@ -46,7 +47,7 @@ func passTime(ttl, interval time.Duration) time.Duration {
 type sweepCursor struct {
 	after    []byte // the record key the pass continues after; nil: a new pass
 	read     int64  // records the pass has read so far
-	lastPass int64  // records the last complete pass read; -1 before one
+	lastPass int64  // records the last complete pass read
 }
 
 // sweep removes the records that expired by now, in a whole pass, and
@@ -228,12 +229,22 @@ func (s *store) dropOldIndex() error {
 	return s.db.DeleteRange(lower, upper, pebble.Sync)
 }
 
+// sweepTick is the background sweeper's work of one interval: a slice of
+// the pass, sized by the most records known to be there: the last pass's
+// count, the records this pass has read so far, or the key filter's
+// estimate (the database may have grown since the last pass, or that pass
+// may have met an empty one).
+func (e *Engine) sweepTick(ctx context.Context, cur *sweepCursor, interval time.Duration) (int, error) {
+	records := max(cur.lastPass, cur.read, e.filter.estimate())
+	return e.sweepSlice(ctx, cur, sliceQuota(records, time.Duration(e.ttl), interval))
+}
+
 // sweeper sweeps a slice of the records every interval until ctx ends.
 func (e *Engine) sweeper(ctx context.Context, interval time.Duration) {
 	defer e.sweeperDone.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	cur := sweepCursor{lastPass: -1}
+	var cur sweepCursor
 	for {
 		select {
 		case <-ctx.Done():
@@ -243,11 +254,7 @@ func (e *Engine) sweeper(ctx context.Context, interval time.Duration) {
 		if !e.enter() {
 			return
 		}
-		records := cur.lastPass
-		if records < 0 {
-			records = e.filter.estimate()
-		}
-		n, err := e.sweepSlice(ctx, &cur, sliceQuota(records, time.Duration(e.ttl), interval))
+		n, err := e.sweepTick(ctx, &cur, interval)
 		e.exit()
 		if err != nil && ctx.Err() == nil {
 			e.logger.Warn("idem: background sweep failed", "error", err, "removed", n)
