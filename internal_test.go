@@ -11,6 +11,7 @@ import (
 	mrand "math/rand/v2"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -396,8 +397,9 @@ func TestSliceQuota(t *testing.T) {
 	require.EqualValues(t, sweepBatch, sliceQuota(0, 24*time.Hour, time.Minute))
 }
 
-// A directory written by an earlier version has an expiry index (x keys),
-// which nothing reads now: Open deletes it, records stay.
+// A directory written by an earlier version ("idem/1") has an expiry index
+// (x keys), which nothing reads now: a read-only Open reads the records as
+// they are; a writable one deletes the index and upgrades the format.
 func TestOpenDropsTheOldExpiryIndex(t *testing.T) {
 	fs := vfs.NewMem()
 	e := openInternal(t, fs, Options{})
@@ -407,13 +409,24 @@ func TestOpenDropsTheOldExpiryIndex(t *testing.T) {
 		k := append([]byte{prefixIndex, 0, 0, 0, 0, 0, 0, 0, byte(i)}, "k"...)
 		require.NoError(t, e.db.Set(k, nil, pebble.Sync))
 	}
+	require.NoError(t, e.db.Set(metaFormat, []byte(formatIdemV1), pebble.Sync))
 	require.NoError(t, e.Close())
+
+	// Read-only, the directory is read as it is.
+	ro := openInternal(t, fs, Options{ReadOnly: true})
+	rec, err := ro.Lookup("k")
+	require.NoError(t, err)
+	require.Equal(t, "v", string(rec.Value))
+	require.NoError(t, ro.Close())
 
 	e = openInternal(t, fs, Options{})
 	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIndex}, UpperBound: []byte{prefixIndex + 1}})
 	require.NoError(t, err)
 	require.False(t, it.First(), "an index key is left")
 	require.NoError(t, it.Close())
+	format, err := e.store.getMeta(metaFormat)
+	require.NoError(t, err)
+	require.Equal(t, formatName, string(format), "the format is upgraded")
 	res, err := e.Do(context.Background(), "k", nil, valueFn([]byte("other")))
 	require.NoError(t, err)
 	require.True(t, res.Replayed)
@@ -479,4 +492,12 @@ func TestSweeperKeepsUpWithGrowth(t *testing.T) {
 	require.NoError(t, err)
 	live := int(ttl/interval) * perTick
 	require.LessOrEqual(t, records, live+4*perTick, "expired records pile up: %d on disk, %d live", records, live)
+}
+
+func TestLockShardLayout(t *testing.T) {
+	var s lockShard
+	require.EqualValues(t, shardSize, unsafe.Sizeof(s))
+	require.EqualValues(t, 0, unsafe.Offsetof(s.mu))
+	// The door's counter is 64 bytes before the next shard's mutex.
+	require.EqualValues(t, shardSize-64, unsafe.Offsetof(s.doorAdds))
 }

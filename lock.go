@@ -36,7 +36,7 @@ type lockShard struct {
 	cache      map[string]cachedRecord // completed and failed records, as stored
 	cacheBytes int                     // the size of cache, by cachedRecord.size
 	fifo       cacheFIFO               // the cached keys in the order they were cached
-	_          [56]byte                // pads the fields above to 128 bytes: no two shards' mutexes share a cache line
+	_          [56]byte                // pads the fields above to 128 bytes
 
 	// door admits a record to the cache on its second replay: a bitset of
 	// the hashes of the keys whose record was replayed, cleared after
@@ -47,7 +47,14 @@ type lockShard struct {
 	// one bit) only admits a record early.
 	door     [doorWords]atomic.Uint64
 	doorAdds atomic.Int32 // bits set since the door was last cleared
+	_        [60]byte     // pads the shard to 320 bytes, five cache lines
 }
+
+// A shard is a whole number of cache lines, and each of its hot words (the
+// mutex, the door's counter) has 64 bytes of its own shard's fields or
+// padding between it and the next shard's: the shards' mutexes and
+// counters never share a cache line, whatever the table's alignment.
+const shardSize = 320
 
 // The door of a shard: 1024 bits, cleared once a quarter are set.
 const (

@@ -107,11 +107,12 @@ type Options struct {
 	CacheSize int64
 
 	// RecordCacheSize is the memory, in bytes, for an in-memory cache of
-	// completed records: a record read back for its second replay is
-	// cached, so that further replays of its key need no Pebble read (most
-	// keys are retried once or never, and caching their records would only
-	// cost evictions). The oldest cached records are evicted first. If 0, DefaultRecordCacheSize (16 MiB);
-	// negative turns the cache off.
+	// completed and failed (Permanent) records: a record read back for its
+	// second replay is cached, so that further replays of its key need no
+	// Pebble read (most keys are retried once or never, and caching their
+	// records would only cost evictions). The oldest cached records are
+	// evicted first. If 0, DefaultRecordCacheSize (16 MiB); negative turns
+	// the cache off.
 	RecordCacheSize int64
 
 	// Now is the clock. If nil, time.Now.

@@ -519,8 +519,15 @@ var (
 	metaEpoch  = []byte("mepoch")
 )
 
-// formatName identifies a directory written by this engine.
-const formatName = "idem/1"
+// formatName identifies a directory written by this engine. "idem/1"
+// directories (records, plus an expiry index) are read as they are, and
+// upgraded by a writable Open, which drops the index; a version that reads
+// only "idem/1" refuses "idem/2", whose records have no index entries for
+// it to sweep by.
+const (
+	formatName   = "idem/2"
+	formatIdemV1 = "idem/1"
+)
 
 func recordKey(key string) []byte {
 	k := make([]byte, 1+len(key))
@@ -696,8 +703,8 @@ func (s *store) openMeta(readOnly bool) (uint64, error) {
 	switch {
 	case format == nil && epoch == 0:
 		// A new database.
-	case string(format) != formatName:
-		return 0, fmt.Errorf("idem: unsupported data format %q (this version reads %q)", format, formatName)
+	case string(format) != formatName && string(format) != formatIdemV1:
+		return 0, fmt.Errorf("idem: unsupported data format %q (this version reads %q and %q)", format, formatName, formatIdemV1)
 	}
 	epoch++
 	if readOnly {
