@@ -514,8 +514,8 @@ func (e *Engine) complete(st *leadState, key string, c *call, claimed int64, v [
 		return e.finish(st, key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)}, nil)
 	}
 	// A new record is not cached: most keys are never retried, and caching
-	// each would cost every new key an eviction. The first replay reads it
-	// from Pebble (its memtable, while it is recent) and caches it.
+	// each would cost every new key an eviction. Replays read it from Pebble
+	// (its memtable, while it is recent); the second caches it (lock.go).
 	return e.finish(st, key, c, outcome{share: true, res: rec.result(false), err: fnErr}, nil)
 }
 
@@ -820,8 +820,8 @@ func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Recor
 }
 
 // Sweep removes the records that have expired, now, and returns how many it
-// removed. It reads every record (the start of each), so its cost grows
-// with the number of records, not with the number expired. The background
+// removed. It reads every record (and decodes the start of each), so its
+// cost grows with the number of records, not with the number expired. The background
 // sweeper does the same a slice at a time (Options.SweepInterval). Expired
 // records are invisible whether or not they have been swept; Sweep frees
 // their space. A record whose key a call holds meanwhile is left to a later

@@ -15,12 +15,13 @@ const numShards = 256
 // by Forget or the sweeper. Other callers of the key find the owner's call and
 // wait on its channels, never on a mutex.
 //
-// Each shard also caches the completed records of some of its keys (those
-// read back for a second replay), so that further replays of them need no
-// Pebble read, and evicts them first in, first out. Only a key's owner changes the
-// cache, when it releases the key (after its writes have returned), in the
-// same critical section that removes it as owner: a caller that finds no
-// owner under the mutex finds the cache as current as the database.
+// Each shard also caches the completed and failed records of some of its
+// keys (those read back for a second replay), so that further replays of
+// them need no Pebble read, and evicts them first in, first out. Only a
+// key's owner changes the cache, when it releases the key (after its writes
+// have returned), in the same critical section that removes it as owner: a
+// caller that finds no owner under the mutex finds the cache as current as
+// the database.
 //
 // A shard's mutex is held only to look up or change its maps: never across
 // Pebble I/O and never across fn.
@@ -83,8 +84,8 @@ func cachedSize(key string, value []byte, errMsg string) int {
 // cacheFIFO is a shard's eviction order: first in, first out, so that an
 // eviction costs one map lookup. An entry stays in the FIFO after its record
 // left the cache (it was uncached, or cached again with a later seq); such a
-// stale entry is skipped when it comes out, and compact drops them all when
-// they outnumber the live ones.
+// stale entry is skipped when it comes out, and compactFIFO drops them all
+// when they outnumber the live ones.
 type cacheFIFO struct {
 	entries []fifoEntry
 	head    int // entries[head:] are in the FIFO

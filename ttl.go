@@ -3,6 +3,7 @@ package idem
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -53,25 +54,8 @@ type sweepCursor struct {
 // sweep removes the records that expired by now, in a whole pass, and
 // returns how many it removed. Sweeps run one at a time.
 func (e *Engine) sweep(ctx context.Context) (int, error) {
-	e.sweepMu.Lock()
-	defer e.sweepMu.Unlock()
-	now := e.now()
-	var after []byte
-	removed := 0
-	for {
-		if err := ctx.Err(); err != nil {
-			return removed, err
-		}
-		next, _, n, err := e.sweepStep(after, now)
-		removed += n
-		if err != nil {
-			return removed, fmt.Errorf("idem: sweep: %w", err)
-		}
-		if next == nil {
-			return removed, nil
-		}
-		after = next
-	}
+	var cur sweepCursor
+	return e.sweepSlice(ctx, &cur, math.MaxInt64)
 }
 
 // sweepSlice continues the background sweeper's pass for one interval: it
@@ -89,7 +73,7 @@ func (e *Engine) sweepSlice(ctx context.Context, cur *sweepCursor, quota int64) 
 		next, read, n, err := e.sweepStep(cur.after, now)
 		removed += n
 		if err != nil {
-			return removed, err
+			return removed, fmt.Errorf("idem: sweep: %w", err)
 		}
 		done += int64(read)
 		cur.read += int64(read)
