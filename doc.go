@@ -57,8 +57,9 @@
 //     guarantees that fn is not called twice for a key, not that a
 //     half-finished fn is undone.
 //   - Pebble treats a failed write or fsync of its log as fatal: it calls its
-//     logger's Fatalf, which the engine implements by logging the error and
-//     panicking in a goroutine of its own, so that the process stops even if
+//     logger's Fatalf, or panics in the commit, and the engine turns both
+//     into logging the error and panicking in a goroutine of its own, so
+//     that the process stops even if
 //     its callers recover panics (as net/http does): Pebble cannot go on,
 //     and a process that tried would block in it. Results that Do returned
 //     are on disk, and keys whose fn was running report ErrInterrupted after

@@ -220,7 +220,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		logger:  o.Logger,
 		db:      db,
 		lock:    lock,
-		store:   store{db: db},
+		store:   store{db: db, log: pebbleLogger{o.Logger}},
 		ttl:     int64(o.TTL),
 		drained: make(chan struct{}),
 		closed:  make(chan struct{}),

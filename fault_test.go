@@ -421,6 +421,7 @@ func TestFatalErrorStopsTheProcessEvenIfRecovered(t *testing.T) {
 	cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD=recovered-fatal")
 	out, err := cmd.CombinedOutput()
 	require.NotContains(t, string(out), "BLOCKED", "a call blocked forever after a recovered fatal error")
+	require.NotContains(t, string(out), "PEBBLE'S OWN PANIC", "Pebble's panic reached a caller, who could recover it:\n%s", out)
 	require.Error(t, err, "the process must stop:\n%s", out)
 	require.Contains(t, string(out), "panic: idem: fatal Pebble error", "the process must die of the fatal error:\n%s", out)
 }
@@ -452,7 +453,10 @@ func childRecoveredFatal(t *testing.T) {
 		if recovered != nil {
 			msg := fmt.Sprint(recovered)
 			if !strings.HasPrefix(msg, "idem: fatal Pebble error") {
-				msg = "Pebble's own panic: " + msg
+				// Pebble panics in the caller's goroutine, holding its
+				// commit pipeline's mutex, when a commit's WAL write
+				// fails: the engine must stop the process instead.
+				t.Fatalf("PEBBLE'S OWN PANIC reached the caller of Do (call %d): %s", i, msg)
 			}
 			panics[msg]++
 		}
@@ -461,6 +465,69 @@ func childRecoveredFatal(t *testing.T) {
 		t.Fatalf("BLOCKED: Close blocks forever after recovered panics %v", panics)
 	}
 	t.Fatalf("the process did not stop: 2000 calls returned after the WAL failed, with recovered panics %v", panics)
+}
+
+// TestFailedWALWriteStopsTheProcessEvenIfRecovered: once the WAL's writer
+// has failed, Pebble reports it two ways. A commit waiting for the failed
+// write's fsync gets the error and calls Logger.Fatalf
+// (TestFatalErrorStopsTheProcessEvenIfRecovered). A commit that starts
+// once the writer has filled a block after the failure panics with the
+// error in its caller's goroutine, holding the commit pipeline's mutex;
+// under SyncNone, where no commit waits for an fsync, that is the only way
+// the failure shows. The panic must not reach a caller that recovers
+// panics, or the next commit blocks forever. The child process fails every
+// WAL write while 16 goroutines call Do with 512-byte values (the writer's
+// blocks are 32 KiB) and recover panics. (TestTorture/WALSyncFailure met
+// this panic by chance under SyncAll: the process died of Pebble's own
+// panic instead of the engine's.)
+func TestFailedWALWriteStopsTheProcessEvenIfRecovered(t *testing.T) {
+	if os.Getenv("IDEM_TEST_CHILD") == "failed-wal-write" {
+		childFailedWALWrite(t)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFailedWALWriteStopsTheProcessEvenIfRecovered$", "-test.v")
+	cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD=failed-wal-write")
+	out, err := cmd.CombinedOutput()
+	require.NotContains(t, string(out), "RECOVERED", "a panic reached a caller of Do:\n%s", out)
+	require.Error(t, err, "the process must stop:\n%s", out)
+	// If the memtable fills before the writer's error shows, Pebble's
+	// rotation of the WAL panics with DB.mu unlocked, and its deferred
+	// unlock makes that a runtime fatal error, which stops the process
+	// too (about 1 run in 8 here; see RELIABILITY.md).
+	if !strings.Contains(string(out), "fatal error: sync: unlock of unlocked mutex") {
+		require.Contains(t, string(out), "panic: idem: fatal Pebble error", "the process must die of the fatal error:\n%s", out)
+	}
+}
+
+func childFailedWALWrite(t *testing.T) {
+	var on atomic.Bool
+	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if on.Load() && strings.HasSuffix(op.Path, ".log") && (op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileWriteAt) {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})
+	e, err := idem.Open("db", &idem.Options{FS: errorfs.Wrap(vfs.NewMem(), inj), Durability: idem.SyncNone, SweepInterval: -1, Logger: discardLogger})
+	require.NoError(t, err)
+	on.Store(true)
+	value := strings.Repeat("v", 512)
+	for w := range 16 {
+		go func() {
+			for i := 0; ; i++ {
+				func() {
+					defer func() {
+						if r := recover(); r != nil {
+							fmt.Fprintf(os.Stderr, "RECOVERED by a caller of Do: %v\n", r)
+							os.Exit(3)
+						}
+					}()
+					e.Do(context.Background(), fmt.Sprintf("key-%d-%d", w, i), nil, constValueFn(value))
+				}()
+			}
+		}()
+	}
+	time.Sleep(30 * time.Second)
+	t.Fatalf("the process did not stop in 30s after the WAL failed")
 }
 
 func constValueFn(v string) func(context.Context) ([]byte, error) {

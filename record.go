@@ -539,7 +539,24 @@ func recordKey(key string) []byte {
 // store is the engine's storage: every Pebble read and write of records and
 // metadata goes through it (and through the sweep's scans in ttl.go).
 type store struct {
-	db *pebble.DB
+	db  *pebble.DB
+	log pebbleLogger
+}
+
+// commit commits b. Pebble panics in a commit whose WAL write fails (the
+// writer keeps the error of an earlier failed write or fsync), and it
+// panics holding its commit pipeline's mutex: a caller that recovered the
+// panic would leave every later commit, and Close, blocked forever. So a
+// panic in the commit goes the way of Pebble's own fatal errors
+// (pebbleLogger.Fatalf): it stops the process, whatever the callers
+// recover, and whichever of the two a failing WAL reports first.
+func (s *store) commit(b *pebble.Batch, opts *pebble.WriteOptions) error {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Fatalf("pebble: commit panicked: %v", r)
+		}
+	}()
+	return b.Commit(opts)
 }
 
 // keyBufs recycles the buffers of the Pebble keys that get reads.
@@ -586,7 +603,7 @@ func (s *store) put(key string, rec *record, sync bool) error {
 	if err := op.Finish(); err != nil {
 		return err
 	}
-	return b.Commit(writeOpts(sync))
+	return s.commit(b, writeOpts(sync))
 }
 
 // remove deletes key's record. size is the record's encoded size if known
@@ -598,7 +615,7 @@ func (s *store) remove(key string, size uint32, sync bool) error {
 	if err := b.DeleteSized(recordKey(key), size, nil); err != nil {
 		return err
 	}
-	return b.Commit(writeOpts(sync))
+	return s.commit(b, writeOpts(sync))
 }
 
 func writeOpts(sync bool) *pebble.WriteOptions {
@@ -720,7 +737,7 @@ func (s *store) openMeta(readOnly bool) (uint64, error) {
 	if err := b.Set(metaFormat, []byte(formatName), nil); err != nil {
 		return 0, err
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := s.commit(b, pebble.Sync); err != nil {
 		return 0, err
 	}
 	return epoch, nil

@@ -349,12 +349,12 @@ func TestTorture(t *testing.T) {
 	}
 
 	// Pebble treats a failed write or fsync of its WAL as fatal: it calls
-	// Logger.Fatalf, which the engine implements with a panic. A Do caller
-	// that does not recover it dies with the message; every result that Do
-	// returned before is on disk.
+	// Logger.Fatalf, or panics in the committing goroutine, and the engine
+	// turns both into a panic of its own. The worker dies with the
+	// message; every result that Do returned before is on disk.
 	for _, f := range []struct{ name, flag, msg string }{
 		{"WALSyncFailure", "-fail-wal-sync-after", "idem: fatal Pebble error"},
-		{"WALWriteFailure", "-fail-wal-write-after", "injected error"},
+		{"WALWriteFailure", "-fail-wal-write-after", "idem: fatal Pebble error"},
 	} {
 		t.Run(f.name, func(t *testing.T) {
 			rng := subRNG(t)

@@ -178,7 +178,7 @@ func (s *store) deleteRecords(del []sweptRecord) error {
 			return err
 		}
 	}
-	return b.Commit(pebble.NoSync)
+	return s.commit(b, pebble.NoSync)
 }
 
 // scanExpiries calls fn with the key (valid during the call) and the expiry
@@ -210,7 +210,12 @@ func (s *store) dropOldIndex() error {
 	if err := it.Close(); err != nil || !found {
 		return err
 	}
-	return s.db.DeleteRange(lower, upper, pebble.Sync)
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(lower, upper, nil); err != nil {
+		return err
+	}
+	return s.commit(b, pebble.Sync)
 }
 
 // sweepTick is the background sweeper's work of one interval: a slice of
