@@ -539,8 +539,9 @@ func (e *Engine) expiry(now int64) int64 {
 // releaseQuietly deletes the in-flight marker of a call whose fn failed (if
 // one was written); under SyncAll durably, so that a crash cannot bring the
 // marker back and make the key report ErrInterrupted. If the delete fails,
-// or panics (a fatal Pebble error), the marker stays and the key reports
-// ErrInterrupted: safe, since the outcome is then unknown to later calls.
+// or panics, the marker stays and the key reports ErrInterrupted: safe,
+// since the outcome is then unknown to later calls. (A panic of Pebble's
+// commit does not come back here: store.commit stops the process.)
 func (e *Engine) releaseQuietly(key string, marker *record) {
 	if marker == nil {
 		return
