@@ -59,11 +59,10 @@
 //   - Pebble treats a failed write or fsync of its log as fatal: it calls its
 //     logger's Fatalf, or panics in the commit, and the engine turns both
 //     into logging the error and panicking in a goroutine of its own, so
-//     that the process stops even if
-//     its callers recover panics (as net/http does): Pebble cannot go on,
-//     and a process that tried would block in it. Results that Do returned
-//     are on disk, and keys whose fn was running report ErrInterrupted after
-//     the next Open.
+//     that the process stops even if its callers recover panics (as
+//     net/http does): Pebble cannot go on, and a process that tried would
+//     block in it. Results that Do returned are on disk, and keys whose fn
+//     was running report ErrInterrupted after the next Open.
 //   - Close waits for calls in progress, fn included; fn must not call Close,
 //     nor Do for its own key.
 //   - Lookup, Records and Interrupted read the database as it is: a result

@@ -199,12 +199,13 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		}
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
+	plog := pebbleLogger{o.Logger}
 	po := &pebble.Options{
 		FS:                 o.FS,
 		Lock:               lock,
 		CacheSize:          o.CacheSize,
 		FormatMajorVersion: pebble.FormatValueSeparation,
-		Logger:             pebbleLogger{o.Logger},
+		Logger:             plog,
 		ReadOnly:           o.ReadOnly,
 	}
 	for i := range po.Levels {
@@ -220,7 +221,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		logger:  o.Logger,
 		db:      db,
 		lock:    lock,
-		store:   store{db: db, log: pebbleLogger{o.Logger}},
+		store:   store{db: db, log: plog},
 		ttl:     int64(o.TTL),
 		drained: make(chan struct{}),
 		closed:  make(chan struct{}),

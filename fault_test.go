@@ -431,13 +431,7 @@ func TestFatalErrorStopsTheProcessEvenIfRecovered(t *testing.T) {
 // 2000 calls have returned; then it closes the engine the same way.
 func childRecoveredFatal(t *testing.T) {
 	var on atomic.Bool
-	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if on.Load() && strings.HasSuffix(op.Path, ".log") && (op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileWriteAt) {
-			return errorfs.ErrInjected
-		}
-		return nil
-	})
-	e, err := idem.Open("db", &idem.Options{FS: errorfs.Wrap(vfs.NewMem(), inj), SweepInterval: -1, Logger: discardLogger})
+	e, err := idem.Open("db", &idem.Options{FS: errorfs.Wrap(vfs.NewMem(), failWALWrites(&on)), SweepInterval: -1, Logger: discardLogger})
 	require.NoError(t, err)
 	on.Store(true)
 	panics := map[string]int{}
@@ -501,13 +495,7 @@ func TestFailedWALWriteStopsTheProcessEvenIfRecovered(t *testing.T) {
 
 func childFailedWALWrite(t *testing.T) {
 	var on atomic.Bool
-	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if on.Load() && strings.HasSuffix(op.Path, ".log") && (op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileWriteAt) {
-			return errorfs.ErrInjected
-		}
-		return nil
-	})
-	e, err := idem.Open("db", &idem.Options{FS: errorfs.Wrap(vfs.NewMem(), inj), Durability: idem.SyncNone, SweepInterval: -1, Logger: discardLogger})
+	e, err := idem.Open("db", &idem.Options{FS: errorfs.Wrap(vfs.NewMem(), failWALWrites(&on)), Durability: idem.SyncNone, SweepInterval: -1, Logger: discardLogger})
 	require.NoError(t, err)
 	on.Store(true)
 	value := strings.Repeat("v", 512)
@@ -528,6 +516,16 @@ func childFailedWALWrite(t *testing.T) {
 	}
 	time.Sleep(30 * time.Second)
 	t.Fatalf("the process did not stop in 30s after the WAL failed")
+}
+
+// failWALWrites fails every write of a WAL file while on is set.
+func failWALWrites(on *atomic.Bool) errorfs.Injector {
+	return errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if on.Load() && strings.HasSuffix(op.Path, ".log") && (op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileWriteAt) {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})
 }
 
 func constValueFn(v string) func(context.Context) ([]byte, error) {
