@@ -18,8 +18,8 @@ import (
 	"github.com/idemkv/idem/idemhttp"
 )
 
-// A duplicate of a request whose handler runs: 409 at once by default,
-// or a replay when it waits long enough.
+// A duplicate of a request whose handler runs: a replay when it waits long
+// enough, 409 after Wait, or at once with a negative Wait.
 func TestConcurrentDuplicate(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -28,8 +28,9 @@ func TestConcurrentDuplicate(t *testing.T) {
 		replay     bool // the duplicate waits and replays; else 409 while the first runs
 		waitDetail bool // the 409's detail says it waited
 	}{
-		{name: "409 at once", wait: 0},
-		{name: "409 at once, engine NoWait", wait: 0, noWait: true},
+		{name: "409 at once with a negative Wait", wait: -1},
+		{name: "409 at once, engine NoWait", wait: -1, noWait: true},
+		{name: "default Wait needs an engine that waits", wait: 0, noWait: true},
 		{name: "Wait needs an engine that waits", wait: time.Hour, noWait: true},
 		{name: "409 after Wait", wait: time.Millisecond, waitDetail: true},
 		{name: "replay within Wait", wait: time.Hour, replay: true},
@@ -75,6 +76,33 @@ func TestConcurrentDuplicate(t *testing.T) {
 			require.Equal(t, int64(1), g.runs.Load())
 		})
 	}
+}
+
+// By default a duplicate waits for the running request's response, rather
+// than get 409 at once: it replays the response, or, if the handler is still
+// running after DefaultWait, gets a 409 that says it waited.
+func TestDefaultWait(t *testing.T) {
+	e := openEngine(t, nil)
+	g := newGate()
+	defer g.open()
+	h := wrap(e, nil, g)
+	first := goSend(h, req{key: "k1"})
+	receive(t, g.started)
+	dup := goSend(h, req{key: "k1"})
+	eventually(t, func() bool { return e.Stats().Waits >= 1 }, "the duplicate waits")
+	g.open()
+	require.Equal(t, http.StatusCreated, receive(t, first).(*http.Response).StatusCode)
+
+	resp := receive(t, dup).(*http.Response)
+	if resp.StatusCode == http.StatusConflict { // the handler took over DefaultWait to return
+		p := requireProblem(t, resp, http.StatusConflict, idemhttp.ProblemInFlight)
+		require.Contains(t, p.Detail, "after waiting 5s")
+	} else {
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+		require.Equal(t, "true", resp.Header.Get(idemhttp.HeaderReplayed))
+		require.Equal(t, "done 1", bodyOf(t, resp))
+	}
+	require.Equal(t, int64(1), g.runs.Load())
 }
 
 // A request for another key does not wait for a running one.

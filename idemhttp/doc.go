@@ -16,7 +16,8 @@
 //   - The key is the header's value: a Structured Field string, as the draft
 //     specifies ("8e03978e-40d5-43e8-bc93-6894a57f9324", quoted), or the
 //     same bare. It must be 1 to Options.MaxKeyLength (255) bytes of
-//     printable ASCII.
+//     printable ASCII, on one header line. A bare key may not have a comma:
+//     "a, b" is what two header lines merged into one look like.
 //   - Options.Scope prefixes it with what the server knows of the client (an
 //     account, a tenant), so that keys of different clients never collide;
 //     EngineKey gives the engine key.
@@ -25,6 +26,8 @@
 //     whole, up to Options.MaxRequestBody (1 MiB), and handed on intact.
 //   - The first request runs the handler. Its client gets the response as
 //     the handler wrote it, once the response is stored.
+//   - A request with the key while the handler runs waits for its response
+//     (up to Options.Wait, 5 s), and gets it as a retry would.
 //   - A retry with the same key and fingerprint gets the stored response
 //     back, with Idempotent-Replayed: true; the handler does not run.
 //
@@ -34,15 +37,15 @@
 // # Status codes
 //
 //	400 ProblemKeyRequired     no key header, with Options.Required
-//	400 ProblemKeyInvalid      malformed, empty, too long or non-ASCII key
+//	400 ProblemKeyInvalid      malformed, empty, too long, non-ASCII, listed or repeated key
 //	413 ProblemBodyTooLarge    request body over Options.MaxRequestBody
 //	400 ProblemBodyUnreadable  reading the request body failed
 //	400 ProblemFingerprint     Options.Fingerprint returned an error
 //	422 ProblemKeyMismatch     key reused for a request with another fingerprint
-//	409 ProblemInFlight        a request with the key is being processed (Retry-After: 1)
+//	409 ProblemInFlight        a request with the key is still being processed after Options.Wait (Retry-After: 1)
 //	409 ProblemOutcomeUnknown  the key's request was cut off by a crash (idem.ErrInterrupted)
-//	503 ProblemUnavailable     the engine is closed or read-only
-//	500 ProblemInternal        the engine failed; logged
+//	503 ProblemUnavailable     the engine is closed or read-only (Retry-After: 5)
+//	500 ProblemInternal        the engine failed, or the scope is too long for its keys; logged
 //
 // Problems are RFC 9457 application/problem+json objects with type, title,
 // status and detail. Each type URI (the Problem constants) is the address of
@@ -51,18 +54,42 @@
 //
 // # What is stored
 //
-// By default every response with a status below 500 (Options.Store): the
-// status, the header fields the handler set, except the hop-by-hop ones
-// (Connection and those it names, Keep-Alive, Proxy-*, TE, Trailer,
-// Transfer-Encoding, Upgrade) and Options.ExcludeHeaders (Set-Cookie), and
-// the body, in a versioned binary encoding (version 1: a version byte, flags,
-// then the status, the header fields and the body, length-prefixed).
-// Header fields set by handlers outside the middleware are neither seen nor
-// stored.
+// By default every response with a status below 500 but 408, 425 and 429
+// (Options.Store, DefaultStore): the status, the header fields the handler
+// set (its part of them: see below), except the hop-by-hop ones (Connection
+// and those it names,
+// Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) and
+// Options.ExcludeHeaders (Set-Cookie), and the body, in a versioned binary
+// encoding (version 2: a version byte, flags, then the status, the header
+// fields, each with whether it replaces or adds to the outer middleware's,
+// and the body, length-prefixed; version 1 records, whose fields all
+// replace, are still read).
 //
-// A response that Options.Store refuses (a 5xx) is not stored: the key is
+// A response that Options.Store refuses (a 5xx; a 408, 425 or 429, which
+// refuse a request before it took effect) is not stored: the key is
 // released, and the client's retry runs the handler again. So a handler must
 // answer such a status only when it has committed nothing it cannot redo.
+//
+// Nor is anything stored when the handler returns without writing anything
+// (no status, no body) after its request's context ended: the usual Go
+// handler that gives up when its client has gone, or when an
+// http.TimeoutHandler or another timeout middleware has answered for it.
+// The key is released, the middleware writes nothing either (the header
+// fields the handler set are left in place, unsent, for whatever answers
+// the ended request), and a request that was waiting for that handler tries
+// again, and may run the handler itself.
+//
+// Header fields set before the middleware runs, by a middleware outside it
+// (CORS, a request ID), are the handler's to see, change and add to, as
+// with net/http alone: an outer Vary: Origin and the handler's
+// Header().Add("Vary", "Accept-Encoding") send both. They are not stored:
+// what is stored is the handler's part, the fields it set or added to, and
+// those of the outer middleware that it replaced or removed. A replay sends
+// the header fields the outer middleware set for the replay's own request,
+// with that part applied: the added values added, the replaced fields
+// replaced, the removed ones removed. (A field that the outer middleware
+// sets for some requests only counts as the handler's where the first
+// request had none: a replay adds it to the outer middleware's.)
 //
 // A response larger than Options.MaxStoredSize (1 MiB, which must not exceed
 // the engine's Options.MaxValueSize) is stored without its body: the client
@@ -74,13 +101,23 @@
 //
 // # Concurrent duplicates
 //
-// A request whose key is in use by a request whose handler is running gets
-// 409 at once, as the draft says (Stripe and Shopify do the same). With
-// Options.Wait, it waits up to that long for the running request's response
-// and replays it, and gets 409 after that. A request that waited for a
-// response that is not stored (a 5xx) gets that response, without
-// Idempotent-Replayed (nothing was replayed from the store; a retry runs the
-// handler). A duplicate with another fingerprint gets 422 at once.
+// A request whose key is in use by a request whose handler is running waits
+// up to Options.Wait (DefaultWait, 5 s) for the running request's response
+// and replays it, and gets 409 ProblemInFlight, with Retry-After: 1, after
+// that. A request that waited for a response that is not stored (see
+// Options.Store) gets that response, without Idempotent-Replayed (nothing was replayed
+// from the store; a retry runs the handler). A duplicate with another
+// fingerprint gets 422 at once.
+//
+// The draft, Stripe and Shopify answer 409 at once instead; a negative
+// Options.Wait does so. It fails clients whose retry policy does not retry
+// 409, such as hashicorp/go-retryablehttp's default (connection errors,
+// 429 and 5xx only): a client that times out on a slow first request and
+// retries gets 409 and gives up, though the first request will succeed.
+// With a wait, the engine holds the duplicate until the first response is
+// stored, and the client gets that response. Keep Options.Wait above the
+// time the handler takes, or, with a negative Wait, give the clients a
+// retry policy that retries 409 after its Retry-After.
 //
 // A request that arrives between the end of the running handler and the
 // moment its response is stored (an fsync, under idem.SyncAll) waits for the
@@ -100,6 +137,10 @@
 //   - If the handler panics, the key is released, nothing is stored and the
 //     panic reaches net/http (http.ErrAbortHandler included). A request
 //     waiting for it gets 500.
+//   - A handler that has committed something must write a status (or a
+//     body) even when its client is gone: one that returns having written
+//     nothing after its request's context ended is taken as having given
+//     up, and its key is released (see What is stored).
 //   - A key whose handler was running when the process stopped answers 409
 //     ProblemOutcomeUnknown until it expires, or until an operator who has
 //     reconciled it calls the engine's Forget with its EngineKey. With the

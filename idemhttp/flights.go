@@ -10,7 +10,7 @@ import (
 
 // flights tells the requests of a key that are calling the engine when a
 // handler starts running for that key, so that a duplicate can stop waiting
-// in the engine: at once (Options.Wait 0), or after Options.Wait.
+// in the engine: after Options.Wait, or at once if it is negative.
 //
 // The engine's Do waits for a concurrent call of the same key until its
 // context ends. The middleware calls Do with a context of its own, derived
@@ -28,7 +28,7 @@ import (
 // flights knows the requests that go through this middleware only; see the
 // package documentation's caveats.
 type flights struct {
-	wait time.Duration
+	wait time.Duration // Options.Wait; <= 0: do not wait
 
 	mu   sync.Mutex            // protects keys, and every keyFlight and waiter in it
 	keys map[string]*keyFlight // by engine key; absent when no request of the key is in Do
@@ -118,7 +118,7 @@ func (f *flights) notify(running, w *waiter) {
 	switch {
 	case !bytes.Equal(running.fp, w.fp):
 		// The engine refuses w with ErrFingerprintMismatch at once.
-	case f.wait == 0:
+	case f.wait <= 0:
 		w.cancel(errRunning)
 	case w.timer == nil:
 		cancel := w.cancel

@@ -21,13 +21,19 @@ func EngineKey(scope, key string) string {
 	return strconv.Itoa(len(scope)) + ":" + scope + key
 }
 
+// errKeyList is the error for a key header that holds a list: what a
+// client sending several keys, or a proxy merging several header lines into
+// one, makes.
+var errKeyList = errors.New("it holds a comma-separated list, as several header lines merged into one do; send one key, quoted if it has a comma")
+
 // parseKey returns the idempotency key carried by the values of the key
-// header: one value, either a Structured Field string (quoted, as the IETF
-// draft specifies) or a bare token of visible ASCII characters. The key must
-// be 1 to max bytes of printable ASCII.
+// header: one value (one header line), either a Structured Field string
+// (quoted, as the IETF draft specifies) or a bare token of visible ASCII
+// characters other than a comma. The key must be 1 to max bytes of
+// printable ASCII.
 func parseKey(values []string, max int) (string, error) {
 	if len(values) > 1 {
-		return "", errors.New("more than one key header")
+		return "", fmt.Errorf("it is on %d lines; send it on one, with one key", len(values))
 	}
 	v := strings.Trim(values[0], " \t")
 	var key string
@@ -38,6 +44,9 @@ func parseKey(values []string, max int) (string, error) {
 		}
 		key = k
 	} else {
+		if strings.Contains(v, ",") {
+			return "", errKeyList
+		}
 		for i := 0; i < len(v); i++ {
 			if c := v[i]; c <= ' ' || c > '~' {
 				return "", fmt.Errorf("the key has a character that is not visible ASCII at byte %d", i)
@@ -70,6 +79,9 @@ func parseSFString(v string) (string, error) {
 			}
 			b.WriteByte(v[i])
 		case c == '"':
+			if rest := strings.TrimLeft(v[i+1:], " \t"); strings.HasPrefix(rest, ",") {
+				return "", errKeyList
+			}
 			if i != len(v)-1 {
 				return "", errors.New("the quoted key is followed by other characters")
 			}

@@ -67,6 +67,18 @@ func (e *notStoredError) Error() string {
 	return fmt.Sprintf("idemhttp: the handler answered %d, which is not stored", e.resp.status)
 }
 
+// errAbandoned is what fn returns to the engine when the handler returned
+// without writing anything after its request's context ended (a client
+// gone, a timeout): its work was given up, not done, so nothing is stored
+// and the key is released.
+var errAbandoned = errors.New("idemhttp: the handler wrote no response after its request's context ended")
+
+// Retry-After values, in seconds.
+const (
+	retryInFlight    = 1 // ProblemInFlight
+	retryUnavailable = 5 // ProblemUnavailable: a restart, or a failover
+)
+
 // ServeHTTP implements http.Handler.
 func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !m.c.methods[r.Method] {
@@ -146,31 +158,53 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, f
 	m.flights.enter(key, wt)
 	defer m.flights.leave(key, wt)
 
-	var own *response // the response of the handler, if it ran for this request
-	res, err := m.e.Do(ctx, key, fp, func(context.Context) ([]byte, error) {
+	var (
+		own       *response // the response of the handler, if it ran for this request
+		abandoned bool      // it ran and wrote nothing, the request's context ended
+	)
+	fn := func(context.Context) ([]byte, error) {
 		// The handler runs with the request's context, not ctx: ctx is
 		// only this request's patience as a duplicate.
 		m.flights.start(key, wt)
 		defer m.flights.stop(key, wt)
 		rec := newRecorder(w)
 		m.next.ServeHTTP(rec, r)
+		if !rec.written() && r.Context().Err() != nil {
+			own, abandoned = &response{header: rec.header}, true
+			return nil, errAbandoned
+		}
 		own = rec.result()
-		stored := &response{status: own.status, header: storedHeader(own.header, m.c.exclude), body: own.body}
+		h, replace := storedFields(rec.outer, own.header, m.c.exclude)
+		stored := &response{status: own.status, header: h, replace: replace, body: own.body}
 		if !m.c.Store(own.status) {
 			return nil, &notStoredError{resp: own, shared: stored}
 		}
 		return encodeResponse(stored, m.c.MaxStoredSize), nil
-	})
+	}
+	res, err := m.e.Do(ctx, key, fp, fn)
+	for own == nil && errors.Is(err, errAbandoned) {
+		// The handler this request waited for was abandoned, and the key
+		// released: this request, whose client is still there, tries again
+		// and may run the handler itself.
+		res, err = m.e.Do(ctx, key, fp, fn)
+	}
 
 	var notStored *notStoredError
-	if own != nil {
+	switch {
+	case abandoned:
+		// Nothing to send: leave w as net/http's writer would be left,
+		// with the handler's header fields and no status, for whatever
+		// answers the ended request (http.TimeoutHandler has already).
+		setHeader(w, own.header)
+		return
+	case own != nil:
 		// The handler ran for this request: its client gets the response
 		// as written, whatever became of storing it.
 		if err != nil && !errors.As(err, &notStored) {
 			m.c.Logger.ErrorContext(r.Context(), "idemhttp: the handler ran but its response could not be stored; a retry will run it again, or report its outcome as unknown",
 				"key", key, "status", own.status, "error", err)
 		}
-		own.write(w)
+		own.writeWhole(w)
 		return
 	}
 	switch {
@@ -204,16 +238,20 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, f
 		if errors.Is(context.Cause(ctx), errWaitedLong) {
 			detail = fmt.Sprintf("A request with this key is still being processed after waiting %v; retry later.", m.c.Wait)
 		}
-		writeProblem(w, http.StatusConflict, ProblemInFlight, detail, 1)
+		writeProblem(w, http.StatusConflict, ProblemInFlight, detail, retryInFlight)
 	case errors.Is(err, idem.ErrInvalidKey):
-		writeProblem(w, http.StatusBadRequest, ProblemKeyInvalid,
-			fmt.Sprintf("The %s is too long for the store.", m.c.Header), 0)
+		// The key passed Options.MaxKeyLength: the scope is too long for
+		// the engine's MaxKeySize, which is the server's doing.
+		m.c.Logger.ErrorContext(r.Context(), "idemhttp: the engine key of a valid key is too long for the engine: shorten the scope, lower Options.MaxKeyLength, or raise the engine's MaxKeySize",
+			"key", key, "error", err)
+		writeProblem(w, http.StatusInternalServerError, ProblemInternal,
+			"The server's idempotency store cannot hold this request's key with its scope: a server configuration error.", 0)
 	case errors.Is(err, idem.ErrClosed):
 		writeProblem(w, http.StatusServiceUnavailable, ProblemUnavailable,
-			"The idempotency store is closed.", 0)
+			"The idempotency store is closed.", retryUnavailable)
 	case errors.Is(err, idem.ErrReadOnly):
 		writeProblem(w, http.StatusServiceUnavailable, ProblemUnavailable,
-			"The idempotency store is read-only.", 0)
+			"The idempotency store is read-only.", retryUnavailable)
 	default:
 		m.internalError(w, r, key, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,6 +63,7 @@ func TestInvalidKeysAre400(t *testing.T) {
 		name   string
 		values []string
 		max    int
+		detail string // in the problem's detail, if not ""
 	}{
 		{name: "empty", values: []string{""}},
 		{name: "blank", values: []string{"   "}},
@@ -77,7 +79,11 @@ func TestInvalidKeysAre400(t *testing.T) {
 		{name: "unterminated quote", values: []string{`"abc`}},
 		{name: "text after the quote", values: []string{`"abc";p=1`}},
 		{name: "bad escape", values: []string{`"a\bc"`}},
-		{name: "two headers", values: []string{"a", "b"}},
+		{name: "two header lines", values: []string{"a", "b"}, detail: "on 2 lines"},
+		{name: "two header lines, one empty", values: []string{"a", ""}, detail: "on 2 lines"},
+		{name: "lines merged", values: []string{"a, b"}, detail: "comma"},
+		{name: "comma", values: []string{"a,b"}, detail: "comma"},
+		{name: "quoted lines merged", values: []string{`"a", "b"`}, detail: "comma"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -85,7 +91,8 @@ func TestInvalidKeysAre400(t *testing.T) {
 			a := &app{}
 			h := wrap(e, &idemhttp.Options{MaxKeyLength: tt.max}, a)
 			resp := send(h, req{header: http.Header{"Idempotency-Key": tt.values}})
-			requireProblem(t, resp, http.StatusBadRequest, idemhttp.ProblemKeyInvalid)
+			p := requireProblem(t, resp, http.StatusBadRequest, idemhttp.ProblemKeyInvalid)
+			require.Contains(t, p.Detail, tt.detail)
 			require.Equal(t, int64(0), a.runs.Load())
 		})
 	}
@@ -343,14 +350,21 @@ func TestScope(t *testing.T) {
 	}
 }
 
-// A scope and key too long together for the engine's MaxKeySize: 400.
+// A scope and key too long together for the engine's MaxKeySize: the key
+// passed Options.MaxKeyLength, so the server's configuration is at fault,
+// not the client: 500, logged.
 func TestEngineKeyTooLong(t *testing.T) {
 	e := openEngine(t, &idem.Options{MaxKeySize: 64})
 	a := &app{}
 	scope := strings.Repeat("s", 40)
-	h := wrap(e, &idemhttp.Options{Scope: func(*http.Request) string { return scope }}, a)
+	var logs strings.Builder
+	h := wrap(e, &idemhttp.Options{Scope: func(*http.Request) string { return scope }, Logger: slogTo(&logs)}, a)
 	require.Equal(t, http.StatusCreated, send(h, req{key: strings.Repeat("k", 20)}).StatusCode)
-	requireProblem(t, send(h, req{key: strings.Repeat("k", 30)}), http.StatusBadRequest, idemhttp.ProblemKeyInvalid)
+	require.Empty(t, logs.String())
+	p := requireProblem(t, send(h, req{key: strings.Repeat("k", 30)}), http.StatusInternalServerError, idemhttp.ProblemInternal)
+	require.Contains(t, p.Detail, "server configuration", "the client is not at fault")
+	require.Contains(t, logs.String(), idem.ErrInvalidKey.Error())
+	require.Contains(t, logs.String(), "MaxKeyLength")
 	require.Equal(t, int64(1), a.runs.Load())
 }
 
@@ -434,6 +448,72 @@ func TestFirstResponseAndReplay(t *testing.T) {
 			require.Equal(t, int64(1), a.runs.Load())
 		})
 	}
+}
+
+// Header fields set by a middleware outside this one merge with the
+// handler's as net/http merges them: the first client gets what net/http
+// alone would send, and a replay gets the handler's fields added to what
+// the outer middleware set for the replay's own request.
+func TestOuterHeaderFields(t *testing.T) {
+	var requestID atomic.Int64
+	outer := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			f := w.Header()
+			f.Set("Vary", "Origin")
+			f.Set("X-Request-Id", fmt.Sprint("r", requestID.Add(1)))
+			f.Set("Cache-Control", "no-store")
+			f.Set("X-Frame-Options", "DENY")
+			f.Set("Content-Type", "text/plain")
+			h.ServeHTTP(w, r)
+		})
+	}
+	handler := func(w http.ResponseWriter, r *http.Request, run int64) {
+		f := w.Header()
+		f.Add("Vary", "Accept-Encoding")          // added to the outer's
+		f.Set("Cache-Control", "private")         // replaces the outer's
+		f.Del("X-Frame-Options")                  // removes the outer's
+		f.Set("Content-Type", "application/json") // replaces the outer's
+		f.Set("Location", "/orders/1")            // the handler's own
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"run":%d}`, run)
+	}
+	want := func(id string) http.Header {
+		return http.Header{
+			"Vary":          {"Origin", "Accept-Encoding"},
+			"X-Request-Id":  {id},
+			"Cache-Control": {"private"},
+			"Content-Type":  {"application/json"},
+			"Location":      {"/orders/1"},
+		}
+	}
+
+	// net/http alone.
+	plain := send(outer(&app{serve: handler}), req{key: "k1"})
+	require.Equal(t, want("r1"), plain.Header)
+
+	e := openEngine(t, nil)
+	a := &app{serve: handler}
+	h := outer(wrap(e, nil, a))
+	first := send(h, req{key: "k1"})
+	require.Equal(t, http.StatusCreated, first.StatusCode)
+	require.Equal(t, want("r2"), first.Header)
+	for _, id := range []string{"r3", "r4"} {
+		retry := send(h, req{key: "k1"})
+		require.Equal(t, http.StatusCreated, retry.StatusCode)
+		require.Equal(t, `{"run":1}`, bodyOf(t, retry))
+		got := retry.Header.Clone()
+		require.Equal(t, "true", got.Get(idemhttp.HeaderReplayed))
+		got.Del(idemhttp.HeaderReplayed)
+		require.Equal(t, want(id), got)
+	}
+	require.Equal(t, int64(1), a.runs.Load())
+
+	// An outer field that the handler did not touch is the outer
+	// middleware's for each request, not stored.
+	rec, err := e.Lookup(idemhttp.EngineKey("", "k1"))
+	require.NoError(t, err)
+	require.NotContains(t, string(rec.Value), "X-Request-Id")
+	require.NotContains(t, string(rec.Value), "Origin")
 }
 
 // The recorder behaves as net/http's own writer; the first client and the
@@ -614,6 +694,9 @@ func TestStore(t *testing.T) {
 		{name: "400 stored", status: 400, stored: true},
 		{name: "404 stored", status: 404, stored: true},
 		{name: "409 stored", status: 409, stored: true},
+		{name: "408 released", status: 408},
+		{name: "425 released", status: 425},
+		{name: "429 released", status: 429},
 		{name: "422 stored", status: 422, stored: true},
 		{name: "499 stored", status: 499, stored: true},
 		{name: "500 released", status: 500},
@@ -622,6 +705,8 @@ func TestStore(t *testing.T) {
 		{name: "custom: 2xx only, 400 released", store: func(s int) bool { return s < 300 }, status: 400},
 		{name: "custom: 2xx only, 201 stored", store: func(s int) bool { return s < 300 }, status: 201, stored: true},
 		{name: "custom: everything, 503 stored", store: func(int) bool { return true }, status: 503, stored: true},
+		{name: "custom: everything, 429 stored", store: func(int) bool { return true }, status: 429, stored: true},
+		{name: "custom: DefaultStore and not 409, 409 released", store: func(s int) bool { return idemhttp.DefaultStore(s) && s != 409 }, status: 409},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -736,7 +821,9 @@ func TestEngineClosed(t *testing.T) {
 	a := &app{}
 	h := wrap(e, nil, a)
 	require.NoError(t, e.Close())
-	requireProblem(t, send(h, req{key: "k1"}), http.StatusServiceUnavailable, idemhttp.ProblemUnavailable)
+	resp := send(h, req{key: "k1"})
+	requireProblem(t, resp, http.StatusServiceUnavailable, idemhttp.ProblemUnavailable)
+	require.Equal(t, "5", resp.Header.Get("Retry-After"))
 	require.Equal(t, int64(0), a.runs.Load())
 	// Requests without a key, or of other methods, still pass.
 	require.Equal(t, http.StatusCreated, send(h, req{}).StatusCode)
@@ -749,7 +836,9 @@ func TestEngineReadOnly(t *testing.T) {
 	e := openEngine(t, &idem.Options{FS: fs, ReadOnly: true})
 	a := &app{}
 	h := wrap(e, nil, a)
-	requireProblem(t, send(h, req{key: "k1"}), http.StatusServiceUnavailable, idemhttp.ProblemUnavailable)
+	resp := send(h, req{key: "k1"})
+	requireProblem(t, resp, http.StatusServiceUnavailable, idemhttp.ProblemUnavailable)
+	require.Equal(t, "5", resp.Header.Get("Retry-After"))
 	require.Equal(t, int64(0), a.runs.Load())
 }
 
@@ -805,11 +894,11 @@ func TestNewPanicsOnInvalidOptions(t *testing.T) {
 		{MaxRequestBody: -1},
 		{MaxStoredSize: -1},
 		{MaxStoredSize: 15},
-		{Wait: -1},
 	} {
 		require.Panics(t, func() { idemhttp.New(e, &o) }, "%+v", o)
 	}
 	require.NotPanics(t, func() { idemhttp.New(e, nil) })
+	require.NotPanics(t, func() { idemhttp.New(e, &idemhttp.Options{Wait: -1}) }, "a negative Wait does not wait")
 }
 
 // New copies the options: later changes to the caller's do not matter.

@@ -23,6 +23,10 @@ const (
 	// DefaultMaxStoredSize is the largest encoded response stored, in bytes:
 	// the engine's default MaxValueSize.
 	DefaultMaxStoredSize = idem.DefaultMaxValueSize
+	// DefaultWait is how long a duplicate of a request whose handler is
+	// running waits for that handler's response before it gets 409: longer
+	// than most handlers take, shorter than most clients' timeouts.
+	DefaultWait = 5 * time.Second
 )
 
 // minStoredSize is the smallest MaxStoredSize accepted: room for a record
@@ -50,7 +54,8 @@ type Options struct {
 	// MaxKeyLength is the longest key accepted, in bytes; a longer one gets
 	// 400 (ProblemKeyInvalid). The engine key (see EngineKey) adds the
 	// scope and its length, and must fit in the engine's MaxKeySize (512
-	// bytes by default), else the request gets 400 too. If 0,
+	// bytes by default): one that does not is the server's configuration
+	// error, logged, and the request gets 500 (ProblemInternal). If 0,
 	// DefaultMaxKeyLength (255); negative makes New panic.
 	MaxKeyLength int
 
@@ -80,7 +85,7 @@ type Options struct {
 	// replayed. A response it refuses releases the key: the next request
 	// with the key runs the handler again, so the handler must not have
 	// committed anything it cannot redo when it answers such a status. If
-	// nil, every status below 500 is stored.
+	// nil, DefaultStore: every status below 500 but 408, 425 and 429.
 	Store func(status int) bool
 
 	// ExcludeHeaders names the response headers that are not stored (nor
@@ -104,17 +109,19 @@ type Options struct {
 	MaxStoredSize int
 
 	// Wait is how long a request waits for the response of a request with
-	// the same key and fingerprint whose handler is running, to replay it.
-	// After Wait, or at once if Wait is 0 (the default, the draft's
-	// behaviour), the request gets 409 (ProblemInFlight) with Retry-After:
-	// 1. Waiting needs an engine opened without Options.NoWait: with it,
-	// the engine refuses at once, and so does the middleware. Negative
-	// makes New panic.
+	// the same key and fingerprint whose handler is running, to replay it;
+	// after Wait, it gets 409 (ProblemInFlight) with Retry-After: 1. If 0,
+	// DefaultWait (5 s). Negative does not wait: the request gets 409 at
+	// once, as the IETF draft describes; clients whose retry policy does
+	// not retry 409 then fail (see the package documentation). Waiting
+	// needs an engine opened without Options.NoWait: with it, the engine
+	// refuses at once, and so does the middleware.
 	Wait time.Duration
 
 	// Logger receives the errors that the client only sees as a 500 or 503
-	// problem, and responses the engine could not store after the handler
-	// ran. If nil, slog.Default().
+	// problem (a scope too long for the engine's key included), and
+	// responses the engine could not store after the handler ran. If nil,
+	// slog.Default().
 	Logger *slog.Logger
 }
 
@@ -139,8 +146,6 @@ func newConfig(o *Options) *config {
 		panic(fmt.Sprintf("idemhttp: Options.MaxRequestBody is negative (%d)", c.MaxRequestBody))
 	case c.MaxStoredSize < 0 || c.MaxStoredSize > 0 && c.MaxStoredSize < minStoredSize:
 		panic(fmt.Sprintf("idemhttp: Options.MaxStoredSize %d is below %d", c.MaxStoredSize, minStoredSize))
-	case c.Wait < 0:
-		panic(fmt.Sprintf("idemhttp: Options.Wait is negative (%v)", c.Wait))
 	}
 	if c.Header == "" {
 		c.Header = DefaultHeader
@@ -158,7 +163,10 @@ func newConfig(o *Options) *config {
 		c.Fingerprint = RequestFingerprint
 	}
 	if c.Store == nil {
-		c.Store = func(status int) bool { return status < 500 }
+		c.Store = DefaultStore
+	}
+	if c.Wait == 0 {
+		c.Wait = DefaultWait
 	}
 	if c.ExcludeHeaders == nil {
 		c.ExcludeHeaders = []string{"Set-Cookie"}
@@ -181,4 +189,18 @@ func newConfig(o *Options) *config {
 	c.Methods = append([]string(nil), c.Methods...)
 	c.ExcludeHeaders = append([]string(nil), c.ExcludeHeaders...)
 	return c
+}
+
+// DefaultStore is the default Options.Store. It stores every status below
+// 500, except those that refuse a request before it took effect and ask the
+// client to try again: 408 (Request Timeout), 425 (Too Early) and 429 (Too
+// Many Requests). Stripe likewise saves nothing for a request refused
+// before its endpoint ran. A 5xx is not stored either: the request may be
+// retried once the server has recovered.
+func DefaultStore(status int) bool {
+	switch status {
+	case http.StatusRequestTimeout, http.StatusTooEarly, http.StatusTooManyRequests:
+		return false
+	}
+	return status < 500
 }

@@ -13,9 +13,10 @@ const (
 	// header, and Options.Required is set.
 	ProblemKeyRequired = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemKeyRequired"
 	// ProblemKeyInvalid (400): the key header is malformed (not a quoted
-	// Structured Field string nor a bare token, or repeated), or the key is
-	// empty, longer than Options.MaxKeyLength, not printable ASCII, or too
-	// long for the engine once combined with its scope.
+	// Structured Field string nor a bare token), sent on more than one
+	// line, or a list (a comma outside quotes: what several lines merged
+	// into one look like), or the key is empty, longer than
+	// Options.MaxKeyLength, or not printable ASCII.
 	ProblemKeyInvalid = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemKeyInvalid"
 	// ProblemBodyTooLarge (413): the request body is longer than
 	// Options.MaxRequestBody.
@@ -37,13 +38,15 @@ const (
 	// key answers so until an operator reconciles it and forgets it (see
 	// EngineKey), or it expires.
 	ProblemOutcomeUnknown = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemOutcomeUnknown"
-	// ProblemUnavailable (503): the engine is closed (the server is
-	// shutting down), or was opened read-only.
+	// ProblemUnavailable (503, with Retry-After: 5): the engine is closed
+	// (the server is shutting down), or was opened read-only.
 	ProblemUnavailable = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemUnavailable"
 	// ProblemInternal (500): the engine failed (a storage error, a stored
-	// response that cannot be decoded), or the handler of a concurrent
-	// request with the key, whose response this request waited for,
-	// panicked. The error is logged (Options.Logger).
+	// response that cannot be decoded), the server's configuration does not
+	// fit the request (its scope and key are too long together for the
+	// engine's MaxKeySize), or the handler of a concurrent request with the
+	// key, whose response this request waited for, panicked. The error is
+	// logged (Options.Logger).
 	ProblemInternal = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemInternal"
 )
 

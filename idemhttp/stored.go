@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -14,13 +15,19 @@ import (
 // the first byte of every record, so that a later version can read older
 // ones.
 //
-// Version 1, all integers unsigned varints:
+// Version 2, all integers unsigned varints:
 //
 //	version (1 byte) | flags (1 byte: 1 = body omitted, 2 = headers omitted)
 //	| status | number of header fields
-//	| per field, in name order: len(name) name, number of values, per value: len(value) value
+//	| per field, in name order: len(name) name, mode (1 byte: 0 = added to
+//	  the writer's field, 1 = replaces it), number of values, per value:
+//	  len(value) value
 //	| body (the rest of the record)
-const storedVersion = 1
+//
+// Version 1, from before the middleware let the handler see the fields set
+// by the middleware outside it, has no mode byte: every field replaces the
+// writer's.
+const storedVersion = 2
 
 const (
 	flagBodyOmitted   = 1 << 0
@@ -41,46 +48,90 @@ var hopByHop = map[string]bool{
 	"Upgrade":             true,
 }
 
-// storedHeader returns the fields of h that are stored and replayed: all but
-// the hop-by-hop ones, those that the Connection field names, and those of
-// exclude (canonical names). Names are canonicalized.
-func storedHeader(h http.Header, exclude map[string]bool) http.Header {
+// storedFields returns the handler's part of final, the header fields a
+// response is sent with, given outer, the fields set before the handler
+// ran (by middleware outside this one, for this request only). A replay
+// applies them to the fields the outer middleware set for its own request,
+// so that it is sent what net/http would send if the handler ran again and
+// did the same:
+//
+//   - A field the handler set that outer did not have, or values it added
+//     to outer's (Header.Add: Vary: Accept-Encoding after an outer Vary:
+//     Origin), are added. A field set with no value (as a nil Content-Type
+//     is, to keep net/http from sniffing one) is added with no value.
+//   - A field of outer's that the handler replaced (Header.Set) replaces
+//     the field (replace[name] is true). One it removed, or replaced with
+//     no value, is stored with no value, and removes the field.
+//   - A field of outer's that the handler left alone is not stored.
+//
+// The hop-by-hop fields, those that the Connection field names, and those
+// of exclude (canonical names) are not stored. Names are canonicalized.
+func storedFields(outer, final http.Header, exclude map[string]bool) (h http.Header, replace map[string]bool) {
 	named := map[string]bool{}
-	for _, v := range h.Values("Connection") {
+	for _, v := range final.Values("Connection") {
 		for _, f := range strings.Split(v, ",") {
 			if f = strings.TrimSpace(f); f != "" {
 				named[textproto.CanonicalMIMEHeaderKey(f)] = true
 			}
 		}
 	}
-	out := make(http.Header, len(h))
-	for k, v := range h {
+	skip := func(k string) bool { return hopByHop[k] || named[k] || exclude[k] }
+	h, replace = make(http.Header, len(final)), map[string]bool{}
+	for k, v := range final {
 		ck := textproto.CanonicalMIMEHeaderKey(k)
-		if hopByHop[ck] || named[ck] || exclude[ck] {
+		if skip(ck) {
 			continue
 		}
-		out[ck] = append(out[ck], v...)
+		o, had := outer[k]
+		switch {
+		case had && slices.Equal(v, o):
+			// The outer middleware's, left alone.
+		case had && len(v) > len(o) && slices.Equal(v[:len(o)], o):
+			h[ck] = append(h[ck], v[len(o):]...)
+		case had:
+			h[ck] = append(nonNil(h[ck]), v...)
+			replace[ck] = true
+		default:
+			h[ck] = append(nonNil(h[ck]), v...)
+		}
 	}
-	return out
+	for k := range outer {
+		if _, kept := final[k]; kept {
+			continue
+		}
+		if ck := textproto.CanonicalMIMEHeaderKey(k); !skip(ck) {
+			h[ck] = nonNil(h[ck]) // removed by the handler
+			replace[ck] = true
+		}
+	}
+	return h, replace
 }
 
-// encodeResponse encodes resp, whose header is already filtered by
-// storedHeader, in at most limit bytes: whole if it fits, else without its
-// body (and its Content-Length), else without its header fields too. The
-// status alone always fits in minStoredSize bytes.
+// nonNil returns v, or an empty slice if it is nil.
+func nonNil(v []string) []string {
+	if v == nil {
+		return []string{}
+	}
+	return v
+}
+
+// encodeResponse encodes resp, whose fields are those storedFields
+// returned, in at most limit bytes: whole if it fits, else without its body
+// (and its Content-Length), else without its header fields too. The status
+// alone always fits in minStoredSize bytes.
 func encodeResponse(resp *response, limit int) []byte {
 	h := resp.header
 	if encodedSize(resp.status, h, resp.body) <= limit {
-		return appendResponse(nil, 0, resp.status, h, resp.body)
+		return appendResponse(nil, 0, resp.status, h, resp.replace, resp.body)
 	}
 	if _, ok := h["Content-Length"]; ok {
 		h = h.Clone()
 		delete(h, "Content-Length")
 	}
 	if encodedSize(resp.status, h, nil) <= limit {
-		return appendResponse(nil, flagBodyOmitted, resp.status, h, nil)
+		return appendResponse(nil, flagBodyOmitted, resp.status, h, resp.replace, nil)
 	}
-	return appendResponse(nil, flagBodyOmitted|flagHeaderOmitted, resp.status, nil, nil)
+	return appendResponse(nil, flagBodyOmitted|flagHeaderOmitted, resp.status, nil, nil, nil)
 }
 
 func uvarintLen(x uint64) int {
@@ -95,7 +146,7 @@ func uvarintLen(x uint64) int {
 func encodedSize(status int, h http.Header, body []byte) int {
 	n := 2 + uvarintLen(uint64(status)) + uvarintLen(uint64(len(h)))
 	for k, vs := range h {
-		n += uvarintLen(uint64(len(k))) + len(k) + uvarintLen(uint64(len(vs)))
+		n += uvarintLen(uint64(len(k))) + len(k) + 1 + uvarintLen(uint64(len(vs)))
 		for _, v := range vs {
 			n += uvarintLen(uint64(len(v))) + len(v)
 		}
@@ -103,7 +154,13 @@ func encodedSize(status int, h http.Header, body []byte) int {
 	return n + len(body)
 }
 
-func appendResponse(b []byte, flags byte, status int, h http.Header, body []byte) []byte {
+// Modes of a stored header field.
+const (
+	modeAdd     = 0
+	modeReplace = 1
+)
+
+func appendResponse(b []byte, flags byte, status int, h http.Header, replace map[string]bool, body []byte) []byte {
 	b = append(b, storedVersion, flags)
 	b = binary.AppendUvarint(b, uint64(status))
 	b = binary.AppendUvarint(b, uint64(len(h)))
@@ -114,6 +171,11 @@ func appendResponse(b []byte, flags byte, status int, h http.Header, body []byte
 	sort.Strings(names)
 	for _, k := range names {
 		b = appendString(b, k)
+		mode := byte(modeAdd)
+		if replace[k] {
+			mode = modeReplace
+		}
+		b = append(b, mode)
 		b = binary.AppendUvarint(b, uint64(len(h[k])))
 		for _, v := range h[k] {
 			b = appendString(b, v)
@@ -129,13 +191,15 @@ func appendString(b []byte, s string) []byte {
 
 var errShort = errors.New("truncated record")
 
-// decodeResponse decodes a stored response. Its body aliases b.
+// decodeResponse decodes a stored response, of this version or an earlier
+// one. Its body aliases b.
 func decodeResponse(b []byte) (*response, error) {
 	if len(b) < 2 {
 		return nil, errShort
 	}
-	if b[0] != storedVersion {
-		return nil, fmt.Errorf("unknown record version %d", b[0])
+	version := b[0]
+	if version != 1 && version != storedVersion {
+		return nil, fmt.Errorf("unknown record version %d", version)
 	}
 	flags := b[1]
 	if flags&^(flagBodyOmitted|flagHeaderOmitted) != 0 {
@@ -151,10 +215,19 @@ func decodeResponse(b []byte) (*response, error) {
 		return nil, errShort
 	}
 	h := make(http.Header, n)
+	replace := map[string]bool{}
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		k := d.string()
+		mode := byte(modeReplace) // version 1
+		if version >= 2 {
+			mode = d.byte()
+		}
 		nv := d.uvarint()
-		if d.err == nil && nv > uint64(len(d.b)) { // each value takes a byte or more
+		switch {
+		case d.err != nil:
+		case mode != modeAdd && mode != modeReplace:
+			return nil, fmt.Errorf("unknown header field mode %d", mode)
+		case nv > uint64(len(d.b)): // each value takes a byte or more
 			return nil, errShort
 		}
 		vs := make([]string, 0, nv)
@@ -162,6 +235,11 @@ func decodeResponse(b []byte) (*response, error) {
 			vs = append(vs, d.string())
 		}
 		h[k] = vs
+		if mode == modeReplace {
+			replace[k] = true
+		} else {
+			delete(replace, k)
+		}
 	}
 	if d.err != nil {
 		return nil, d.err
@@ -169,6 +247,7 @@ func decodeResponse(b []byte) (*response, error) {
 	return &response{
 		status:        int(status),
 		header:        h,
+		replace:       replace,
 		body:          d.b,
 		bodyOmitted:   flags&flagBodyOmitted != 0,
 		headerOmitted: flags&flagHeaderOmitted != 0,
@@ -179,6 +258,19 @@ func decodeResponse(b []byte) (*response, error) {
 type decoder struct {
 	b   []byte
 	err error
+}
+
+func (d *decoder) byte() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) == 0 {
+		d.err = errShort
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
 }
 
 func (d *decoder) uvarint() uint64 {
