@@ -23,11 +23,23 @@ func crash(fs *vfs.MemFS) *vfs.MemFS {
 
 // crashWhileFnRuns starts Do for key on a new engine on a crashable FS,
 // takes a crash image while fn runs, then lets the call finish and closes
-// the engine. It returns the image.
+// the engine. It returns the image. The engine runs on the real clock:
+// a test that opens the image with a clock of its own uses
+// crashWhileFnRunsWith and the same clock, or its markers' times are
+// today's and their expiry depends on the day the test runs.
 func crashWhileFnRuns(t *testing.T, d idem.Durability, key string) *vfs.MemFS {
 	t.Helper()
+	return crashWhileFnRunsWith(t, &idem.Options{Durability: d}, key)
+}
+
+// crashWhileFnRunsWith is crashWhileFnRuns with the engine's options (its
+// FS is the crashable one).
+func crashWhileFnRunsWith(t *testing.T, o *idem.Options, key string) *vfs.MemFS {
+	t.Helper()
 	fs := vfs.NewCrashableMem()
-	e := open(t, fs, "db", &idem.Options{Durability: d})
+	opts := *o
+	opts.FS = fs
+	e := open(t, fs, "db", &opts)
 	b := newBlocker("v")
 	ch := goDo(context.Background(), e, key, []byte("fp"), b.fn)
 	<-b.started

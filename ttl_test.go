@@ -75,15 +75,31 @@ func TestSweepKeepsARecordStoredAgainAfterExpiry(t *testing.T) {
 	require.Equal(t, 1, removed)
 }
 
+// The crash image is made on the test's clock, as every engine here: one
+// stamped with the real clock would expire, or not, by the day the test
+// runs.
 func TestSweepRemovesExpiredInterruptedMarkers(t *testing.T) {
-	img := crashWhileFnRuns(t, idem.SyncAll, "k")
 	clk := newClock()
-	clk.Advance(48 * time.Hour)
+	img := crashWhileFnRunsWith(t, &idem.Options{Now: clk.Now, Durability: idem.SyncAll}, "k")
+	clk.Advance(idem.DefaultTTL - time.Minute)
 	e := open(t, img, "db", &idem.Options{Now: clk.Now})
+	var listed []string
+	for r, err := range e.Interrupted() {
+		require.NoError(t, err)
+		listed = append(listed, r.Key)
+	}
+	require.Equal(t, []string{"k"}, listed, "a live marker is listed")
+	removed, err := e.Sweep(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, 0, removed, "a live marker is kept")
+	require.NoError(t, e.Close())
+
+	clk.Advance(time.Minute) // expiry is inclusive
+	e = open(t, img, "db", &idem.Options{Now: clk.Now})
 	for range e.Interrupted() {
 		t.Fatal("an expired marker is not listed")
 	}
-	removed, err := e.Sweep(context.Background())
+	removed, err = e.Sweep(context.Background())
 	require.NoError(t, err)
 	require.Equal(t, 1, removed)
 }
