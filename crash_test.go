@@ -243,10 +243,13 @@ func TestDuplicateWaitsUntilTheResultIsDurable(t *testing.T) {
 		return []byte("v"), nil
 	})
 	<-fs.blocked
-	// The result is committed to the memtable, and visible to reads.
-	rec, err := e.Lookup("k")
-	require.NoError(t, err)
-	require.Equal(t, idem.StateCompleted, rec.State)
+	// The result becomes visible to reads while its fsync is blocked: once
+	// the commit has applied it to the memtable, which may be a moment
+	// after the WAL writer started the fsync.
+	eventually(t, func() bool {
+		rec, err := e.Lookup("k")
+		return err == nil && rec.State == idem.StateCompleted
+	}, "the result is not visible while its fsync is blocked")
 
 	follower := goDo(context.Background(), e, "k", nil, (&counter{}).fn("other"))
 	eventually(t, func() bool { return e.Stats().Waits == 1 }, "the duplicate did not wait for the durable result")
