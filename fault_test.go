@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path"
 	"runtime"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/testproc"
 )
 
 // faultOutcome is what a key should replay: a value, or a Permanent error's
@@ -353,6 +353,18 @@ func TestFaultOpenReadErrors(t *testing.T) {
 	require.NotZero(t, total["error"])
 }
 
+// runChildTest runs t's test again in a child process (this test binary)
+// with IDEM_TEST_CHILD=role, for a test whose subject stops the process,
+// and returns the child's output. The child has a deadline of its own
+// (-test.timeout), dies with this process, and is waited for
+// (internal/testproc).
+func runChildTest(t *testing.T, role string) ([]byte, error) {
+	t.Helper()
+	cmd := testproc.Command(t, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.timeout=2m")
+	cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD="+role)
+	return cmd.CombinedOutput()
+}
+
 var runBugs = flag.Bool("bugs", false, "run the tests of known bugs, marked BUG, which fail until the bug is fixed")
 
 // TestBugFailedOpenCrashesTheProcessLater: BUG, in Pebble v2.1.7. When the
@@ -373,9 +385,7 @@ func TestBugFailedOpenCrashesTheProcessLater(t *testing.T) {
 	if !*runBugs {
 		t.Skip("BUG (Pebble v2.1.7): a failed listing late in Open crashes the process afterwards; see RELIABILITY.md; run with -bugs")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBugFailedOpenCrashesTheProcessLater$", "-test.v")
-	cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD=failed-open")
-	out, err := cmd.CombinedOutput()
+	out, err := runChildTest(t, "failed-open")
 	require.NoError(t, err, "the process died after Open had returned an error:\n%s", out)
 }
 
@@ -417,9 +427,7 @@ func TestFatalErrorStopsTheProcessEvenIfRecovered(t *testing.T) {
 		childRecoveredFatal(t)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFatalErrorStopsTheProcessEvenIfRecovered$", "-test.v")
-	cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD=recovered-fatal")
-	out, err := cmd.CombinedOutput()
+	out, err := runChildTest(t, "recovered-fatal")
 	require.NotContains(t, string(out), "BLOCKED", "a call blocked forever after a recovered fatal error")
 	require.NotContains(t, string(out), "PEBBLE'S OWN PANIC", "Pebble's panic reached a caller, who could recover it:\n%s", out)
 	require.Error(t, err, "the process must stop:\n%s", out)
@@ -479,9 +487,7 @@ func TestFailedWALWriteStopsTheProcessEvenIfRecovered(t *testing.T) {
 		childFailedWALWrite(t)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFailedWALWriteStopsTheProcessEvenIfRecovered$", "-test.v")
-	cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD=failed-wal-write")
-	out, err := cmd.CombinedOutput()
+	out, err := runChildTest(t, "failed-wal-write")
 	require.NotContains(t, string(out), "RECOVERED", "a panic reached a caller of Do:\n%s", out)
 	require.Error(t, err, "the process must stop:\n%s", out)
 	// If the memtable fills before the writer's error shows, Pebble's

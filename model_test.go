@@ -38,7 +38,7 @@ import (
 )
 
 var (
-	modelSeqs = flag.Int("model.seqs", 0, "sequences in TestModel (0: 3000, or 2000 under -race)")
+	modelSeqs = flag.Int("model.seqs", 0, "sequences in TestModel (0: 1500, or 400 under -race; IDEM_TEST_LONG=1: 5000, or 2000 under -race)")
 	modelOps  = flag.Int("model.ops", 60, "operations per sequence in TestModel")
 	modelSeed = flag.Uint64("model.seed", 0, "TestModel's master seed (0: random); with -model.seqs=1, replays that one sequence")
 )
@@ -814,21 +814,26 @@ func dedupeWorlds(ws []modelWorld) []modelWorld {
 	return out
 }
 
-// TestModel runs thousands of random sequences of Do (values, nil and
-// empty values, errors, Permanent errors, panics, values too large, canceled
-// contexts), Lookup, Forget, Sweep, Records, Compact, clock advances past the
-// TTL, Close and reopen with random options, and crashes (between calls,
-// while fn runs, racing a call) against the model. Seeds are logged; a
+// TestModel runs random sequences of Do (values, nil and empty values,
+// errors, Permanent errors, panics, values too large, canceled contexts),
+// Lookup, Forget, Sweep, Records, Compact, clock advances past the TTL,
+// Close and reopen with random options, and crashes (between calls, while
+// fn runs, racing a call) against the model: 400 under -race (1,500
+// without), and 2,000 (5,000) with IDEM_TEST_LONG=1. Seeds are logged; a
 // failing sequence replays with -model.seed=<its seed> -model.seqs=1.
 func TestModel(t *testing.T) {
 	seqs := *modelSeqs
 	if seqs == 0 {
-		seqs = 3000
-		if raceEnabled {
-			seqs = 2000
-		}
-		if testing.Short() {
+		switch {
+		case testing.Short():
 			seqs = 100
+		case raceEnabled:
+			seqs = testSize(400, 2000)
+		default:
+			seqs = testSize(1500, 5000)
+		}
+		if !testing.Short() {
+			requireLongTimeout(t, 12*time.Minute)
 		}
 	}
 	seed := *modelSeed
@@ -864,6 +869,17 @@ func TestModel(t *testing.T) {
 	t.Logf("%d sequences, %d operations: %d Do calls (fn ran %d times), %d crashes (%d while fn ran, %d racing a call), %d clean reopens; %d steps with more than one candidate state",
 		figures.seqs.Load(), figures.ops.Load(), figures.dos.Load(), figures.fnRuns.Load(), figures.crashes.Load(),
 		figures.crashesInFn.Load(), figures.crashesRacing.Load(), figures.reopens.Load(), figures.widened.Load())
+	// Even the smallest size (-short) meets each kind of crash and a
+	// widened set of candidates many times over; a run that did not was
+	// not the test it claims to be.
+	if seqs >= 100 && !t.Failed() {
+		for name, n := range map[string]int64{"crashes while fn ran": figures.crashesInFn.Load(), "crashes racing a call": figures.crashesRacing.Load(),
+			"clean reopens": figures.reopens.Load(), "steps with more than one candidate": figures.widened.Load()} {
+			if n == 0 {
+				t.Errorf("%d sequences made no %s", seqs, name)
+			}
+		}
+	}
 }
 
 // discardLogger drops the engine's and Pebble's log lines.

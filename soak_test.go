@@ -22,7 +22,7 @@ import (
 )
 
 var (
-	soakCalls      = flag.Int("soak.calls", 0, "Do calls in TestSoak (0: 1,000,000, or 200,000 under -race)")
+	soakCalls      = flag.Int("soak.calls", 0, "Do calls in TestSoak (0: 250,000, or 50,000 under -race; IDEM_TEST_LONG=1: 1,000,000, or 200,000 under -race)")
 	soakGoroutines = flag.Int("soak.goroutines", 256, "goroutines calling Do in TestSoak")
 )
 
@@ -33,27 +33,29 @@ type soakKey struct {
 	runs    [][2]int64 // CreatedAt and ExpiresAt of those runs' results, as their callers saw them
 }
 
-// TestSoak runs 256 goroutines making 1,000,000 Do calls (200,000 under
-// -race) over a tenth as many keys: 30% are duplicates of recent calls, 1%
-// reuse a recent key with another fingerprint; the clock moves one
-// millisecond per call, so that each key's record expires about four times,
-// and the background sweeper runs every 10 ms. fn must run exactly once per
-// lifetime of a key (each run's result stored once the previous one had
-// expired, and returned to its caller), every replay must return a value
-// that fn returned for its key, a mismatch must never run fn; the heap is
-// sampled (its peak is reported and bounded) and no goroutine is left after
-// Close.
+// TestSoak runs 256 goroutines making 250,000 Do calls (50,000 under
+// -race; with IDEM_TEST_LONG=1, 1,000,000 and 200,000) over a tenth as many
+// keys: 30% are duplicates of recent calls, 1% reuse a recent key with
+// another fingerprint; the clock moves one millisecond per call, so that
+// each key's record expires about four times, and the background sweeper
+// runs every 10 ms. fn must run exactly once per lifetime of a key (each
+// run's result stored once the previous one had expired, and returned to
+// its caller), every replay must return a value that fn returned for its
+// key, a mismatch must never run fn; the heap is sampled twenty times (its
+// peak is reported and bounded) and no goroutine is left after Close.
 func TestSoak(t *testing.T) {
 	if testing.Short() {
-		t.Skip("a million calls")
+		t.Skip("a quarter of a million calls")
 	}
 	calls := *soakCalls
 	if calls == 0 {
-		calls = 1_000_000
+		calls = testSize(250_000, 1_000_000)
 		if raceEnabled {
-			calls = 200_000
+			calls = testSize(50_000, 200_000)
 		}
+		requireLongTimeout(t, 4*time.Minute)
 	}
+	sampleEvery := int64(max(calls/20, 1)) // calls between samples of the heap
 	keys := calls / 10
 	const step = time.Millisecond // of the clock, per call
 	ttl := time.Duration(calls) * step / 4
@@ -105,7 +107,7 @@ func TestSoak(t *testing.T) {
 				if i > int64(calls) {
 					return
 				}
-				if i%50_000 == 0 {
+				if i%sampleEvery == 0 {
 					sampleHeap()
 				}
 				tick := clockCalls.Add(1)

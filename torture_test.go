@@ -28,11 +28,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/testproc"
 )
 
 var (
-	tortureRounds = flag.Int("torture.rounds", 30, "kill rounds per durability mode in TestTorture")
-	tortureFaults = flag.Int("torture.faults", 6, "rounds of each fault mode (WAL sync, WAL write, disk full...) in TestTorture")
+	tortureRounds = flag.Int("torture.rounds", 0, "kill rounds per durability mode in TestTorture (0: 10; IDEM_TEST_LONG=1: 30)")
+	tortureFaults = flag.Int("torture.faults", 0, "rounds of each fault mode (WAL sync, WAL write, disk full...) in TestTorture, and five times as many write faults in Open (0: 3; IDEM_TEST_LONG=1: 6)")
 	tortureSeed   = flag.Uint64("torture.seed", 0, "seed of TestTorture's kill delays and worker seeds (0: random)")
 )
 
@@ -48,7 +49,7 @@ func buildTortureWorker(t *testing.T, dir string) string {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command(goBin, append(args, "./internal/torture")...)
+	cmd := testproc.Command(t, goBin, append(args, "./internal/torture")...)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "building the worker: %s", out)
 	return bin
@@ -74,10 +75,19 @@ func newTortureWorker(bin, dir, durability string) *tortureWorker {
 
 func (w *tortureWorker) dbDir() string { return filepath.Join(w.dir, "db") }
 
-func (w *tortureWorker) command() *exec.Cmd {
+// tortureHang is how long a worker may run before the test takes it for
+// hung: a hang guard, not a timing assertion. The worker's own deadline
+// (-timeout) is a minute later, for when the test binary is gone.
+const tortureHang = 2 * time.Minute
+
+// command returns the worker's command. The worker dies with the test
+// binary, and is killed and waited for when t ends (internal/testproc);
+// should neither happen, it exits by itself after -timeout.
+func (w *tortureWorker) command(t *testing.T) *exec.Cmd {
 	args := append([]string{"-dir", w.dbDir(), "-effects", w.effectsLog, "-acks", w.acksLog,
-		"-durability", w.durability, "-keys", "50000", "-seed", fmt.Sprint(w.seed)}, w.extra...)
-	cmd := exec.Command(w.bin, args...)
+		"-durability", w.durability, "-keys", "50000", "-seed", fmt.Sprint(w.seed),
+		"-timeout", (tortureHang + time.Minute).String()}, w.extra...)
+	cmd := testproc.Command(t, w.bin, args...)
 	w.stderr.Reset()
 	cmd.Stderr = &w.stderr
 	return cmd
@@ -86,7 +96,7 @@ func (w *tortureWorker) command() *exec.Cmd {
 // runAndKill runs the worker and kills it with SIGKILL after delay.
 func (w *tortureWorker) runAndKill(t *testing.T, delay time.Duration) {
 	t.Helper()
-	cmd := w.command()
+	cmd := w.command(t)
 	require.NoError(t, cmd.Start())
 	timer := time.AfterFunc(delay, func() { cmd.Process.Signal(syscall.SIGKILL) })
 	err := cmd.Wait()
@@ -94,17 +104,19 @@ func (w *tortureWorker) runAndKill(t *testing.T, delay time.Duration) {
 	w.record(t, err)
 }
 
-// runToEnd runs the worker until it exits by itself. A worker that hangs is
-// killed after a generous time and fails the test (a hang guard, not a
-// timing assertion).
+// runToEnd runs the worker until it exits by itself. A worker that hangs
+// gets SIGQUIT after tortureHang, which makes it print its goroutines and
+// exit, then SIGKILL, and fails the test.
 func (w *tortureWorker) runToEnd(t *testing.T) {
 	t.Helper()
-	cmd := w.command()
+	cmd := w.command(t)
 	require.NoError(t, cmd.Start())
 	hung := make(chan struct{})
-	timer := time.AfterFunc(2*time.Minute, func() { close(hung); cmd.Process.Signal(syscall.SIGQUIT) })
+	quit := time.AfterFunc(tortureHang, func() { close(hung); cmd.Process.Signal(syscall.SIGQUIT) })
+	kill := time.AfterFunc(tortureHang+10*time.Second, func() { cmd.Process.Kill() })
 	err := cmd.Wait()
-	timer.Stop()
+	quit.Stop()
+	kill.Stop()
 	select {
 	case <-hung:
 		t.Fatalf("the worker hung; its goroutines:\n%s", w.stderr.String())
@@ -297,10 +309,20 @@ func checkTortureDir(t *testing.T, w *tortureWorker, strict bool) tortureCheck {
 // and again; see RELIABILITY.md for what each part shows.
 func TestTorture(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts and kills processes for a minute")
+		t.Skip("starts and kills processes for half a minute")
 	}
 	if runtime.GOOS == "windows" {
 		t.Skip("SIGKILL")
+	}
+	rounds, faults := *tortureRounds, *tortureFaults
+	if rounds == 0 && faults == 0 {
+		requireLongTimeout(t, 4*time.Minute)
+	}
+	if rounds == 0 {
+		rounds = testSize(10, 30)
+	}
+	if faults == 0 {
+		faults = testSize(3, 6)
 	}
 	bin := buildTortureWorker(t, t.TempDir())
 	seed := *tortureSeed
@@ -308,6 +330,7 @@ func TestTorture(t *testing.T) {
 		seed = rand.Uint64()
 	}
 	t.Logf("seed %d (-torture.seed=%d replays the same kill delays and worker seeds, subtest by subtest)", seed, seed)
+	t.Logf("%d kill rounds per durability mode, %d rounds per fault mode, %d write faults in Open", rounds, faults, faults*5)
 	// Each subtest draws from its own generator, so that one replays alone.
 	subRNG := func(t *testing.T) *rand.Rand {
 		h := fnv.New64a()
@@ -324,7 +347,7 @@ func TestTorture(t *testing.T) {
 			w := newTortureWorker(bin, t.TempDir(), mode.durability)
 			var last tortureCheck
 			checks, lost, unaccounted := 0, 0, 0
-			for round := range *tortureRounds {
+			for round := range rounds {
 				w.seed = rng.Uint64()
 				delay := time.Duration(10+rng.IntN(291)) * time.Millisecond
 				w.runAndKill(t, delay)
@@ -343,7 +366,7 @@ func TestTorture(t *testing.T) {
 			t.Logf("%s: %d rounds, each ended by SIGKILL; %d keys checked over the rounds (%d distinct); %d effects, %d acknowledgements, "+
 				"%d keys interrupted at the end; keys whose fn ran twice: %d; acknowledged results lost: %d; "+
 				"effects neither stored nor interrupted (most in a round): %d; log lines torn by a kill: %d",
-				mode.durability, *tortureRounds, checks, last.keys, last.effects, last.acks, last.interrupted,
+				mode.durability, rounds, checks, last.keys, last.effects, last.acks, last.interrupted,
 				last.twice, lost, unaccounted, last.torn)
 		})
 	}
@@ -358,7 +381,7 @@ func TestTorture(t *testing.T) {
 	} {
 		t.Run(f.name, func(t *testing.T) {
 			rng := subRNG(t)
-			for round := range *tortureFaults {
+			for round := range faults {
 				w := newTortureWorker(bin, t.TempDir(), "all")
 				w.seed = rng.Uint64()
 				// Round 0 fails the very first one, which Open makes.
@@ -388,7 +411,7 @@ func TestTorture(t *testing.T) {
 	// and later calls, and Close, could block forever.)
 	t.Run("FatalErrorRecoveredByCaller", func(t *testing.T) {
 		rng := subRNG(t)
-		for round := range *tortureFaults {
+		for round := range faults {
 			w := newTortureWorker(bin, t.TempDir(), "all")
 			w.seed = rng.Uint64()
 			n := 5 + rng.IntN(400)
@@ -410,7 +433,7 @@ func TestTorture(t *testing.T) {
 	// callback removes it and the engine goes on.
 	t.Run("DiskFull", func(t *testing.T) {
 		rng := subRNG(t)
-		for round := range *tortureFaults {
+		for round := range faults {
 			w := newTortureWorker(bin, t.TempDir(), "all")
 			w.seed = rng.Uint64()
 			quota := 48<<10 + rng.IntN(128<<10)
@@ -455,8 +478,8 @@ func TestTorture(t *testing.T) {
 		tmpl.extra = nil
 		tmpl.runAndKill(t, 150*time.Millisecond)
 
-		outcomes := map[string]int{}
-		for idx := range *tortureFaults * 5 {
+		outcomes := map[string][]int{} // outcome -> the write indices
+		for idx := range faults * 5 {
 			w := newTortureWorker(bin, t.TempDir(), "all")
 			require.NoError(t, os.CopyFS(w.dir, os.DirFS(tmpl.dir)))
 			w.seed = rng.Uint64()
@@ -478,12 +501,12 @@ func TestTorture(t *testing.T) {
 			default:
 				t.Fatalf("write fault %d in Open: exit status %d; stderr:\n%s", idx, w.exitCode, w.stderr.String())
 			}
-			outcomes[outcome]++
+			outcomes[outcome] = append(outcomes[outcome], idx)
 			checkTortureDir(t, w, true)
 			if t.Failed() {
 				t.Fatalf("write fault %d in Open: %s; worker stderr:\n%s", idx, outcome, w.stderr.String())
 			}
 		}
-		t.Logf("write faults at each of the first %d write operations of Open: %v", *tortureFaults*5, outcomes)
+		t.Logf("write faults at each of the first %d write operations of Open (outcome: indices): %v", faults*5, outcomes)
 	})
 }

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/idemkv/idem/internal/testproc"
 )
 
 // The tests in this file give the binary a pseudo-terminal, to check what it
@@ -63,7 +65,7 @@ func ptyRun(t *testing.T, withStdin bool, input string, args ...string) (result,
 	defer ctl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd := testproc.CommandContext(t, ctx, binary(t), args...)
 	cmd.Env = childEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

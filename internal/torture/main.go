@@ -18,7 +18,13 @@
 //
 // Exit status: 0 after -calls calls and a clean Close; 3 when Open fails; 4
 // when a call returns something the contract forbids; 5 after a recovered
-// panic and Close; 2 (the Go runtime's) on a panic that stops the process.
+// panic and Close; 6 when it runs past -timeout (its goroutines on stderr);
+// 2 (the Go runtime's) on a panic that stops the process.
+//
+// -timeout is the worker's own deadline. The test kills each worker and
+// waits for it, and on Linux the kernel kills it if the test binary dies
+// (Pdeathsig; see internal/testproc); elsewhere a worker whose test died
+// mid-round ends at its deadline rather than running on.
 package main
 
 import (
@@ -32,10 +38,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
@@ -47,6 +55,7 @@ const (
 	exitOpen      = 3
 	exitContract  = 4
 	exitRecovered = 5
+	exitTimeout   = 6
 )
 
 type config struct {
@@ -68,6 +77,7 @@ type config struct {
 func main() {
 	var c config
 	var durability string
+	var timeout time.Duration
 	flag.StringVar(&c.dir, "dir", "", "engine directory")
 	flag.StringVar(&c.effects, "effects", "", "side-effect log")
 	flag.StringVar(&c.acks, "acks", "", "acknowledgement log")
@@ -84,7 +94,15 @@ func main() {
 	flag.Int64Var(&c.diskQuota, "disk-quota", -1, "bytes this process may write to the directory before writes fail with ENOSPC")
 	flag.Int64Var(&c.ballast, "ballast", 0, "create a ballast file of this many bytes (counted in the quota), removed when the disk is full")
 	flag.Int64Var(&c.openWriteFault, "open-write-fault", -1, "fail the n-th write operation of Open (0-based), then run normally")
+	flag.DurationVar(&timeout, "timeout", 5*time.Minute, "exit with status 6 after this long, whatever the worker is doing (0: never)")
 	flag.Parse()
+	if timeout > 0 {
+		time.AfterFunc(timeout, func() {
+			buf := make([]byte, 1<<20)
+			fmt.Fprintf(os.Stderr, "torture: ran past -timeout %v; goroutines:\n%s\n", timeout, buf[:runtime.Stack(buf, true)])
+			os.Exit(exitTimeout)
+		})
+	}
 	switch durability {
 	case "all":
 		c.durability = idem.SyncAll
