@@ -413,3 +413,61 @@ func peakRSS() (int64, error) {
 	}
 	return 0, fmt.Errorf("no VmHWM in /proc/self/status")
 }
+
+// BenchmarkOpen measures Open and Close of a directory that holds records,
+// against the floor: pebble.Open and Close of the same directory with the
+// same options. A writable Open reads an existing database read-only first,
+// so that it refuses one that idem did not write without changing it:
+// "check" is that read alone.
+func BenchmarkOpen(b *testing.B) {
+	for _, records := range []int{0, 10_000} {
+		dir := b.TempDir()
+		e, err := Open(dir, &Options{SweepInterval: -1, Durability: SyncNone})
+		if err != nil {
+			b.Fatal(err)
+		}
+		loadRecords(b, e, records)
+		if err := e.Close(); err != nil {
+			b.Fatal(err)
+		}
+		o, err := (&Options{SweepInterval: -1}).withDefaults()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("idem/records=%d", records), func(b *testing.B) {
+			for range b.N {
+				e, err := Open(dir, &Options{SweepInterval: -1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := e.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("check/records=%d", records), func(b *testing.B) {
+			// What a writable Open adds for an existing database.
+			lock, err := pebble.LockDirectory(dir, o.FS)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer lock.Close()
+			for range b.N {
+				if err := checkDatabase(dir, &o, lock); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("pebble/records=%d", records), func(b *testing.B) {
+			for range b.N {
+				db, err := pebble.Open(dir, pebbleOptions(&o, nil, false))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := db.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

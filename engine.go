@@ -49,7 +49,7 @@ var (
 	// Forget to let the next call run fn. (HTTP: 409.)
 	ErrInterrupted = errors.New("idem: an earlier run of this key was interrupted; its outcome is unknown")
 	// ErrLocked is returned by Open when another Engine, in this process or
-	// another, has the directory open.
+	// another, has the directory open, whatever path it was opened by.
 	ErrLocked = errors.New("idem: directory in use")
 	// ErrCorrupt is returned for a stored record that cannot be decoded. It
 	// concerns that key only.
@@ -59,7 +59,8 @@ var (
 	ErrReadOnly = errors.New("idem: engine opened read-only")
 	// ErrNotDatabase is returned by Open for a directory that holds no idem
 	// database: with Options.ReadOnly, one with no database at all; always,
-	// a Pebble database that idem did not write.
+	// a Pebble database that idem did not write, which Open leaves as it
+	// was, byte for byte.
 	ErrNotDatabase = errors.New("idem: not an idem database")
 )
 
@@ -138,10 +139,13 @@ type Engine struct {
 	logger *slog.Logger
 	db     *pebble.DB
 	lock   *pebble.Lock
-	store  store
-	locks  lockTable
-	epoch  uint64
-	ttl    int64 // opts.TTL in nanoseconds
+	// releaseDir forgets the directory in this process's register of open
+	// directories (dirlock.go), once Close has released its lock.
+	releaseDir func()
+	store      store
+	locks      lockTable
+	epoch      uint64
+	ttl        int64 // opts.TTL in nanoseconds
 
 	// state counts the calls in progress, with closedBit set once Close has
 	// begun. drained is closed when the count falls to zero after that.
@@ -192,28 +196,66 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	} else if err := o.FS.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
+	releaseDir, err := claimDir(o.FS, dir)
+	if err != nil {
+		return nil, err
+	}
 	lock, err := pebble.LockDirectory(dir, o.FS)
 	if err != nil {
+		releaseDir()
 		if isLockConflict(err) {
 			return nil, fmt.Errorf("%w: %s is open in another Engine or process", ErrLocked, dir)
 		}
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
-	plog := pebbleLogger{o.Logger}
+	e, err := open(dir, o, lock)
+	if err != nil {
+		lock.Close()
+		releaseDir()
+		return nil, err
+	}
+	e.releaseDir = releaseDir
+	return e, nil
+}
+
+// pebbleOptions returns the options of the engine's Pebble database.
+func pebbleOptions(o *Options, lock *pebble.Lock, readOnly bool) *pebble.Options {
 	po := &pebble.Options{
 		FS:                 o.FS,
 		Lock:               lock,
 		CacheSize:          o.CacheSize,
 		FormatMajorVersion: pebble.FormatValueSeparation,
-		Logger:             plog,
-		ReadOnly:           o.ReadOnly,
+		Logger:             pebbleLogger{o.Logger},
+		ReadOnly:           readOnly,
 	}
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	return po
+}
+
+// open opens the database in dir, whose lock the caller holds, and starts
+// the engine on it.
+func open(dir string, o Options, lock *pebble.Lock) (*Engine, error) {
+	if !o.ReadOnly {
+		// A writable Open changes a database before it can read it (Pebble
+		// ratchets its format, flushes its log, writes a new MANIFEST and
+		// OPTIONS), so an existing database is first read read-only: one
+		// that idem did not write, or of a format this version does not
+		// know, is refused without a byte of it changed.
+		desc, err := pebble.Peek(dir, o.FS)
+		if err != nil {
+			return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+		}
+		if desc.Exists {
+			if err := checkDatabase(dir, &o, lock); err != nil {
+				return nil, err
+			}
+		}
+	}
+	po := pebbleOptions(&o, lock, o.ReadOnly)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
-		lock.Close()
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
 	e := &Engine{
@@ -221,7 +263,7 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		logger:  o.Logger,
 		db:      db,
 		lock:    lock,
-		store:   store{db: db, log: plog},
+		store:   store{db: db, log: po.Logger.(pebbleLogger)},
 		ttl:     int64(o.TTL),
 		drained: make(chan struct{}),
 		closed:  make(chan struct{}),
@@ -229,16 +271,11 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	e.locks.init(o.RecordCacheSize)
 	if e.epoch, err = e.store.openMeta(o.ReadOnly); err != nil {
 		db.Close()
-		lock.Close()
-		if nd := (*notDatabaseError)(nil); errors.As(err, &nd) {
-			return nil, fmt.Errorf("%w: %s: %s", ErrNotDatabase, dir, nd.reason)
-		}
-		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+		return nil, openMetaError(dir, err)
 	}
 	if !o.ReadOnly {
 		if err := e.store.dropOldIndex(); err != nil {
 			db.Close()
-			lock.Close()
 			return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 		}
 	}
@@ -252,6 +289,39 @@ func Open(dir string, opts *Options) (*Engine, error) {
 		}
 	}
 	return e, nil
+}
+
+// checkDatabase opens the existing database in dir read-only, with the lock
+// the caller holds, and returns the error a writable Open would meet in its
+// metadata: ErrNotDatabase for a database that idem did not write, an error
+// for a format this version cannot read. An empty database passes: a
+// writable Open that died before its first commit leaves one.
+func checkDatabase(dir string, o *Options, lock *pebble.Lock) error {
+	po := pebbleOptions(o, lock, true)
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	s := store{db: db, log: po.Logger.(pebbleLogger)}
+	_, err = s.openMeta(true)
+	if err == errEmptyDatabase {
+		err = nil
+	}
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("idem: open %s: %w", dir, cerr)
+	}
+	if err != nil {
+		return openMetaError(dir, err)
+	}
+	return nil
+}
+
+// openMetaError returns the error of Open for err of store.openMeta.
+func openMetaError(dir string, err error) error {
+	if nd := (*notDatabaseError)(nil); errors.As(err, &nd) {
+		return fmt.Errorf("%w: %s: %s", ErrNotDatabase, dir, nd.reason)
+	}
+	return fmt.Errorf("idem: open %s: %w", dir, err)
 }
 
 // isLockConflict reports whether err from pebble.LockDirectory means that
@@ -920,6 +990,7 @@ func (e *Engine) Close() error {
 	if lerr := e.lock.Close(); err == nil {
 		err = lerr
 	}
+	e.releaseDir()
 	if err != nil {
 		e.closeErr = fmt.Errorf("idem: close: %w", err)
 	}

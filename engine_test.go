@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkv/idem"
@@ -629,6 +632,86 @@ func TestOpenALockedDirectory(t *testing.T) {
 	_, err = idem.Open("db", &idem.Options{FS: fs})
 	require.ErrorIs(t, err, idem.ErrLocked)
 	require.NoError(t, e.Close())
+}
+
+// One directory, however its path is spelled, is open in at most one Engine
+// of the process: a second Open returns ErrLocked, and leaves the first
+// Engine's lock in place, so that another process still cannot open it.
+func TestOpenTheSameDirectoryTwiceInOneProcess(t *testing.T) {
+	if os.Getenv("IDEM_TEST_CHILD") == "open-dir" {
+		e, err := idem.Open(os.Getenv("IDEM_TEST_DIR"), &idem.Options{SweepInterval: -1})
+		switch {
+		case errors.Is(err, idem.ErrLocked):
+			fmt.Println("child: locked")
+		case err == nil:
+			fmt.Println("child: opened")
+			require.NoError(t, e.Close())
+		default:
+			t.Fatal(err)
+		}
+		return
+	}
+	childOpens := func(dir string) string {
+		t.Helper()
+		t.Setenv("IDEM_TEST_DIR", dir)
+		out, err := runChildTest(t, "open-dir")
+		require.NoError(t, err, "%s", out)
+		if bytes.Contains(out, []byte("child: locked")) {
+			return "locked"
+		}
+		require.Contains(t, string(out), "child: opened")
+		return "opened"
+	}
+
+	t.Run("OS", func(t *testing.T) {
+		base := t.TempDir()
+		dir := filepath.Join(base, "db")
+		e, err := idem.Open(dir, &idem.Options{SweepInterval: -1})
+		require.NoError(t, err)
+		link := filepath.Join(base, "link")
+		require.NoError(t, os.Symlink(dir, link))
+		wd, err := os.Getwd()
+		require.NoError(t, err)
+		rel, err := filepath.Rel(wd, dir)
+		require.NoError(t, err)
+		for _, spelling := range []string{dir, link, rel, dir + "/", dir + "/.", base + "/x/../db", link + "/"} {
+			for _, ro := range []bool{false, true} {
+				_, err := idem.Open(spelling, &idem.Options{SweepInterval: -1, ReadOnly: ro})
+				require.ErrorIs(t, err, idem.ErrLocked, "Open(%q, ReadOnly: %v)", spelling, ro)
+			}
+		}
+		// The refused Opens released nothing: another process is still
+		// locked out.
+		require.Equal(t, "locked", childOpens(link))
+		res, err := e.Do(context.Background(), "k", nil, (&counter{}).fn("v"))
+		require.NoError(t, err)
+		require.False(t, res.Replayed)
+		require.NoError(t, e.Close())
+
+		require.Equal(t, "opened", childOpens(dir))
+		e, err = idem.Open(link, &idem.Options{SweepInterval: -1})
+		require.NoError(t, err, "a closed Engine's directory stays claimed")
+		res, err = e.Do(context.Background(), "k", nil, (&counter{}).fn("other"))
+		require.NoError(t, err)
+		require.True(t, res.Replayed)
+		require.NoError(t, e.Close())
+	})
+
+	t.Run("MemFS", func(t *testing.T) {
+		fs := vfs.NewMem()
+		e := open(t, fs, "db", nil)
+		for _, spelling := range []string{"db", "/db", "./db", "db/", "//db", "x/../db"} {
+			_, err := idem.Open(spelling, &idem.Options{FS: fs})
+			require.ErrorIs(t, err, idem.ErrLocked, "Open(%q)", spelling)
+			// A wrapper of the same file system is the same file system.
+			_, err = idem.Open(spelling, &idem.Options{FS: errorfs.Wrap(fs, errorfs.InjectorFunc(func(errorfs.Op) error { return nil }))})
+			require.ErrorIs(t, err, idem.ErrLocked, "Open(%q) on a wrapper", spelling)
+		}
+		// Another MemFS is another file system.
+		open(t, vfs.NewMem(), "/db", nil)
+		require.NoError(t, e.Close())
+		open(t, fs, "/db", nil)
+	})
 }
 
 func TestCloseWaitsForCallsInProgressAndRefusesNewOnes(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"math"
 	mrand "math/rand/v2"
 	"testing"
@@ -111,8 +112,10 @@ func TestOpenRefusesAnotherFormat(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, e.db.Set(metaFormat, []byte("idem/99"), nil))
 	require.NoError(t, e.Close())
+	before := snapshotDir(t, fs, "db")
 	_, err = Open("db", &Options{FS: fs, SweepInterval: -1})
 	require.ErrorContains(t, err, "unsupported data format")
+	require.Equal(t, before, snapshotDir(t, fs, "db"), "the refused Open changed the directory")
 	// The refused Open released the directory's lock.
 	l, err := fs.Lock("db/LOCK")
 	require.NoError(t, err)
@@ -259,17 +262,66 @@ func FuzzDecodeRecord(f *testing.F) {
 	})
 }
 
+// A database that idem did not write is refused without a byte of it
+// changed, by a writable Open as by a read-only one: a writable pebble.Open
+// would ratchet its format, flush its log and write a new MANIFEST and
+// OPTIONS before idem could read it.
 func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
 	fs := vfs.NewMem()
-	db, err := pebble.Open("db", &pebble.Options{FS: fs})
+	db, err := pebble.Open("db", &pebble.Options{FS: fs}) // an old format, a WAL to replay
 	require.NoError(t, err)
 	require.NoError(t, db.Set([]byte("someone else's key"), []byte("v"), pebble.Sync))
 	require.NoError(t, db.Close())
+	before := snapshotDir(t, fs, "db")
 	for _, ro := range []bool{false, true} {
 		_, err = Open("db", &Options{FS: fs, ReadOnly: ro})
 		require.ErrorIs(t, err, ErrNotDatabase)
 		require.ErrorContains(t, err, "db: a Pebble database with other data")
+		require.Equal(t, before, snapshotDir(t, fs, "db"), "ReadOnly: %v", ro)
 	}
+	// The other program can still open it, with its own key.
+	db, err = pebble.Open("db", &pebble.Options{FS: fs})
+	require.NoError(t, err)
+	v, closer, err := db.Get([]byte("someone else's key"))
+	require.NoError(t, err)
+	require.Equal(t, "v", string(v))
+	closer.Close()
+	require.NoError(t, db.Close())
+}
+
+// An empty Pebble database, which an Open that died before its first commit
+// leaves behind, is refused read-only and made an idem database by a
+// writable Open.
+func TestOpenTakesAnEmptyPebbleDatabase(t *testing.T) {
+	fs := vfs.NewMem()
+	o, err := (&Options{FS: fs}).withDefaults()
+	require.NoError(t, err)
+	db, err := pebble.Open("db", pebbleOptions(&o, nil, false))
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	_, err = Open("db", &Options{FS: fs, ReadOnly: true})
+	require.ErrorIs(t, err, ErrNotDatabase)
+	require.ErrorContains(t, err, "an empty Pebble database")
+	e := openInternal(t, fs, Options{})
+	_, err = e.Do(context.Background(), "k", nil, valueFn([]byte("v")))
+	require.NoError(t, err)
+}
+
+// snapshotDir returns the names and contents of the files in dir.
+func snapshotDir(t *testing.T, fs vfs.FS, dir string) map[string]string {
+	t.Helper()
+	names, err := fs.List(dir)
+	require.NoError(t, err)
+	files := make(map[string]string, len(names))
+	for _, name := range names {
+		f, err := fs.Open(fs.PathJoin(dir, name))
+		require.NoError(t, err)
+		b, err := io.ReadAll(f)
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+		files[name] = string(b)
+	}
+	return files
 }
 
 func TestDecodeRefusesAnOutOfRangeState(t *testing.T) {

@@ -705,7 +705,7 @@ func (s *store) openMeta(readOnly bool) (uint64, error) {
 			return 0, notDatabase("a Pebble database with other data")
 		}
 		if readOnly {
-			return 0, notDatabase("an empty Pebble database")
+			return 0, errEmptyDatabase
 		}
 	}
 	var epoch uint64
@@ -791,6 +791,12 @@ func (s *store) recordKeys(ctx context.Context, add func(string)) error {
 type notDatabaseError struct{ reason string }
 
 func notDatabase(reason string) error { return &notDatabaseError{reason} }
+
+// errEmptyDatabase is openMeta's error for a Pebble database with no key at
+// all, read-only: one that an Open which died before its first commit
+// left, or an empty one of another program. A writable Open makes it an
+// idem database.
+var errEmptyDatabase = notDatabase("an empty Pebble database")
 
 func (e *notDatabaseError) Error() string { return ErrNotDatabase.Error() + ": " + e.reason }
 
