@@ -22,8 +22,8 @@
 //   - The first call for a key runs fn and stores its value (Result.Replayed
 //     is false).
 //   - Later calls with the same fingerprint get the stored value back
-//     (Replayed is true) until the record expires, Options.TTL after the
-//     first call claimed the key (24 hours by default).
+//     (Replayed is true) until the record expires, Options.TTL after it was
+//     stored (24 hours by default), however long fn ran.
 //   - Calls for a key whose fn is running wait for its outcome and share it,
 //     or fail fast with ErrInFlight under Options.NoWait.
 //   - An error from fn stores nothing: the key is released and the next call

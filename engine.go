@@ -9,6 +9,7 @@ import (
 	"iter"
 	"log/slog"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,9 +52,16 @@ var (
 	// ErrLocked is returned by Open when another Engine, in this process or
 	// another, has the directory open, whatever path it was opened by.
 	ErrLocked = errors.New("idem: directory in use")
-	// ErrCorrupt is returned for a stored record that cannot be decoded. It
-	// concerns that key only.
+	// ErrCorrupt is returned for a stored record that cannot be decoded,
+	// and by DoValue for a stored value that is not valid msgpack: the
+	// bytes on disk are damaged. It concerns that key only; Forget removes
+	// the record.
 	ErrCorrupt = errors.New("idem: corrupt record")
+	// ErrValueType is returned by DoValue for an intact stored value that
+	// does not decode into the type asked for: the type changed since the
+	// value was stored, or it is one that msgpack cannot decode (see
+	// DoValue). The Result holds the stored bytes.
+	ErrValueType = errors.New("idem: stored value does not decode into the type asked for")
 	// ErrReadOnly is returned by the calls that write (Do, Forget, Sweep,
 	// Compact) on an Engine opened with Options.ReadOnly.
 	ErrReadOnly = errors.New("idem: engine opened read-only")
@@ -74,15 +82,23 @@ type Result struct {
 	Replayed bool
 	// CreatedAt is when the result was stored.
 	CreatedAt time.Time
-	// ExpiresAt is when the result expires: Options.TTL after the first
-	// call claimed the key (just before fn ran).
+	// ExpiresAt is when the result expires: Options.TTL after it was
+	// stored.
 	ExpiresAt time.Time
 }
 
 // PermanentError is an error of fn that is stored and replayed like a value.
-// Do returns it when fn returned Permanent(err): wrapping err itself for the
-// call that ran fn, and an error with err's message for every replay.
+// When fn returns Permanent(err), Do returns fn's error as it is (a
+// *PermanentError wrapping err, or whatever wrapped that) to the call that
+// ran fn and to the concurrent duplicates that waited for it, and a
+// *PermanentError whose Err has the same message to every replay. Match it
+// with errors.As, which finds it in both cases.
 type PermanentError struct {
+	// Err is the error fn passed to Permanent, for the call that ran fn and
+	// the duplicates that waited for it. For a replay it is an error that
+	// has only the stored message (the message of the whole error fn
+	// returned), so errors.Is against fn's original error matches only the
+	// first call's.
 	Err error
 }
 
@@ -377,7 +393,9 @@ func (e *Engine) checkKey(key string) error {
 //     waits returns an error matching both ErrInFlight and ctx.Err().
 //   - A call whose fingerprint differs from the stored or running one
 //     returns ErrFingerprintMismatch. Fingerprints compare exactly; nil
-//     equals empty.
+//     equals empty. The fingerprint is compared first: a key whose run was
+//     interrupted returns ErrFingerprintMismatch, not ErrInterrupted, to a
+//     call with another fingerprint.
 //   - If fn returns an error that is not Permanent, nothing is stored: the
 //     error is returned (to the calls waiting, too) and the next call runs
 //     fn again. So it is if fn panics: the panic reaches this caller, and
@@ -521,9 +539,10 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 			}
 		}
 	}
-	if replacing && rec.state == StateInFlight && rec.epoch == e.epoch {
-		e.orphans.Delete(key) // about to be replaced
-	}
+	// An orphan of this process (a marker whose call could not store its
+	// outcome) keeps its flag until its marker is replaced: a call that
+	// gives up before then leaves it reporting StateInterrupted.
+	replacesOrphan := replacing && rec.state == StateInFlight && rec.epoch == e.epoch
 	if err := ctx.Err(); err != nil {
 		// This caller gave up; followers retry with their own contexts.
 		return e.finish(&st, key, c, outcome{err: err}, nil)
@@ -531,6 +550,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 
 	// The in-flight marker. Under SyncNone, which promises nothing across a
 	// crash, it is not written: the lock table alone keeps duplicates out.
+	// (So SyncNone has no orphans either.)
 	e.filter.add(key) // before the key's first write
 	if e.filter.full() {
 		e.rebuildFilter()
@@ -541,17 +561,48 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 			return e.finish(&st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
 		}
 		st.marker = &marker
+		if replacesOrphan {
+			e.orphans.Delete(key) // its marker is this call's now
+		}
 	}
 	e.locks.setRunning(key, c)
 	e.stats.executions.Add(1)
 
-	v, fnErr := fn(ctx)
+	v, fnErr := callFn(ctx, fn)
 	st.fnDone = true
-	return e.complete(&st, key, c, now, v, fnErr)
+	return e.complete(&st, key, c, v, fnErr)
 }
 
-// complete stores the outcome of fn for a key claimed at claimed.
-func (e *Engine) complete(st *leadState, key string, c *call, claimed int64, v []byte, fnErr error) (Result, error) {
+// callFn calls fn. A panic goes on (lead's guard releases the key), and so
+// does runtime.Goexit; but a panic(nil) under GODEBUG=panicnil=1, which
+// recover cannot tell from Goexit (it returns nil for both), becomes a
+// panic with a *runtime.PanicNilError, as it is by default since Go 1.21:
+// the caller gets a panic, the waiting duplicates an error saying fn
+// panicked. As in x/sync/singleflight, the three are told apart by whether
+// fn returned and whether the deferred recover returned: only a recovered
+// panic comes back from the inner function.
+func callFn(ctx context.Context, fn func(context.Context) ([]byte, error)) (v []byte, err error) {
+	returned := false
+	func() {
+		defer func() {
+			if !returned {
+				if r := recover(); r != nil {
+					panic(r) // on the panicking stack, which the trace keeps
+				}
+				// Goexit goes on from here; a panic(nil) stops here.
+			}
+		}()
+		v, err = fn(ctx)
+		returned = true
+	}()
+	if !returned {
+		panic(new(runtime.PanicNilError))
+	}
+	return v, err
+}
+
+// complete stores the outcome of fn.
+func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr error) (Result, error) {
 	var tooLarge error
 	switch {
 	case fnErr != nil && !isPermanent(fnErr):
@@ -567,9 +618,8 @@ func (e *Engine) complete(st *leadState, key string, c *call, claimed int64, v [
 		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
 
-	// A record lives TTL from when its key was claimed: the result has the
-	// marker's expiry.
-	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: e.now(), expires: e.expiry(claimed), value: v}
+	stored := e.now()
+	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: stored, expires: e.expiry(stored), value: v}
 	if fnErr != nil {
 		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
 	}
@@ -600,6 +650,12 @@ func isPermanent(err error) bool {
 
 // expiry returns the expiry of a record stored at now, saturating rather
 // than overflowing for a huge TTL.
+//
+// This is the engine's one rule of expiry: a record lives TTL from when it
+// was stored. An in-flight marker lives TTL from the claim, just before fn
+// runs; a result (a value or a Permanent error) lives TTL from when it was
+// stored, after fn returned, so that a caller who has seen an outcome can
+// count on its replay for a whole TTL, however long fn ran.
 func (e *Engine) expiry(now int64) int64 {
 	if now > math.MaxInt64-e.ttl {
 		return math.MaxInt64
@@ -938,9 +994,30 @@ type Stats struct {
 	Swept       uint64 // expired records removed by sweeps
 
 	// Figures of the Pebble database (0 once closed).
-	DiskUsage         uint64 // bytes on disk
-	Compactions       uint64 // compactions since Open
-	ReadAmplification uint64 // sstable levels (and L0 sublevels) a read may visit
+	DiskUsage   uint64 // bytes on disk
+	Compactions uint64 // compactions since Open
+	// ReadAmplification is Pebble's read amplification: the sstables a
+	// read may have to look in, one per non-empty level and one per
+	// sublevel of L0 (the memtables come on top). Pebble does not work out
+	// L0's sublevels on a read-only open, so there each L0 table counts as
+	// one: an upper bound.
+	ReadAmplification uint64
+}
+
+// readAmp returns the read amplification of m (see Stats).
+func readAmp(m *pebble.Metrics) uint64 {
+	var n int64
+	for i, l := range m.Levels {
+		switch {
+		case l.Sublevels > 0:
+			n += int64(l.Sublevels)
+		case l.TablesCount > 0 && i == 0:
+			n += l.TablesCount // sublevels not worked out: at most one a table
+		case l.TablesCount > 0:
+			n++
+		}
+	}
+	return uint64(n)
 }
 
 type counters struct {
@@ -964,7 +1041,7 @@ func (e *Engine) Stats() Stats {
 		e.exit()
 		s.DiskUsage = m.DiskSpaceUsage()
 		s.Compactions = uint64(max(m.Compact.Count, 0))
-		s.ReadAmplification = uint64(max(m.ReadAmp(), 0))
+		s.ReadAmplification = readAmp(m)
 	}
 	return s
 }

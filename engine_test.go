@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/testproc"
 )
 
 // clock is a clock that tests move by hand.
@@ -475,6 +476,55 @@ func TestPanicReleasesTheKeyAndReachesTheCaller(t *testing.T) {
 	require.Equal(t, int64(1), c.runs.Load())
 }
 
+// panic(nil) in fn is a panic, not a Goexit nor a return: the caller gets a
+// panic, the waiting duplicates an error saying fn panicked, and the key is
+// released. It runs here, where panic(nil) panics with a
+// *runtime.PanicNilError, and again in a child process with
+// GODEBUG=panicnil=1, where recover returns nil for it as for Goexit.
+func TestPanicNilIsAPanic(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	b := newBlocker("")
+	b.panicV = nil
+	fn := func(ctx context.Context) ([]byte, error) {
+		b.fn(ctx)
+		panic(nil)
+	}
+	caught := make(chan any, 1)
+	returned := make(chan bool, 1)
+	go func() {
+		ok := false
+		defer func() {
+			returned <- ok
+			caught <- recover()
+		}()
+		e.Do(context.Background(), "k", nil, fn)
+		ok = true
+	}()
+	<-b.started
+	f := goDo(context.Background(), e, "k", nil, fn)
+	eventually(t, func() bool { return e.Stats().Waits == 1 }, "follower did not wait")
+	close(b.release)
+
+	require.False(t, <-returned, "Do returned after fn called panic(nil)")
+	var pne *runtime.PanicNilError
+	require.ErrorAs(t, (<-caught).(error), &pne)
+	r := waitFor(t, f)
+	require.ErrorContains(t, r.err, "panicked")
+	require.NotContains(t, r.err.Error(), "Goexit")
+	var c counter
+	res, err := e.Do(context.Background(), "k", nil, c.fn("v"))
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+
+	if os.Getenv("IDEM_TEST_CHILD") == "" {
+		cmd := testproc.Command(t, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.timeout=2m")
+		cmd.Env = append(os.Environ(), "IDEM_TEST_CHILD=panicnil", "GODEBUG=panicnil=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "with GODEBUG=panicnil=1:\n%s", out)
+		require.Contains(t, string(out), "--- PASS: "+t.Name())
+	}
+}
+
 func TestGoexitInFnReleasesTheKey(t *testing.T) {
 	e := open(t, nil, "db", nil)
 	b := newBlocker("")
@@ -609,9 +659,8 @@ func TestOpenNilOptions(t *testing.T) {
 	require.NoError(t, err)
 	res, err := e.Do(context.Background(), "k", nil, (&counter{}).fn("v"))
 	require.NoError(t, err)
-	// A record lives TTL from the claim, a moment before it is stored.
-	require.LessOrEqual(t, res.ExpiresAt.Sub(res.CreatedAt), idem.DefaultTTL)
-	require.Greater(t, res.ExpiresAt.Sub(res.CreatedAt), idem.DefaultTTL-time.Minute)
+	// A result lives TTL from when it was stored.
+	require.Equal(t, idem.DefaultTTL, res.ExpiresAt.Sub(res.CreatedAt))
 	require.NoError(t, e.Close())
 }
 
@@ -871,8 +920,75 @@ func TestDoValue(t *testing.T) {
 	require.Equal(t, 1, runs)
 
 	// A stored value of another shape is an error, not a panic.
-	_, _, err = idem.DoValue(context.Background(), e, "k", nil, func(context.Context) (map[string]int, error) { return nil, nil })
-	require.ErrorIs(t, err, idem.ErrCorrupt)
+	_, res, err = idem.DoValue(context.Background(), e, "k", nil, func(context.Context) (map[string]int, error) { return nil, nil })
+	require.ErrorIs(t, err, idem.ErrValueType)
+	require.NotErrorIs(t, err, idem.ErrCorrupt)
+	require.True(t, res.Replayed)
+	require.NotEmpty(t, res.Value)
+}
+
+type describer interface{ Describe() string }
+
+type card struct{ Last4 string }
+
+func (c card) Describe() string { return "card " + c.Last4 }
+
+// charge has a field of an interface type with methods, which msgpack
+// encodes but cannot decode: its decoder panics.
+type charge struct {
+	ID     string
+	Source describer
+}
+
+// A value that does not decode into T is an error on every replay, and for
+// the concurrent duplicates of the first call: never a panic.
+func TestDoValueOfATypeThatDoesNotDecode(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	want := charge{ID: "ch_1", Source: card{Last4: "4242"}}
+	release := make(chan struct{})
+	var runs atomic.Int64
+	fn := func(context.Context) (charge, error) {
+		runs.Add(1)
+		<-release
+		return want, nil
+	}
+	type outcome struct {
+		v   charge
+		res idem.Result
+		err error
+	}
+	first := make(chan outcome, 1)
+	go func() {
+		v, res, err := idem.DoValue(context.Background(), e, "k", nil, fn)
+		first <- outcome{v, res, err}
+	}()
+	eventually(t, func() bool { return runs.Load() == 1 }, "fn did not start")
+	const dups = 4
+	dup := make(chan outcome, dups)
+	for range dups {
+		go func() {
+			v, res, err := idem.DoValue(context.Background(), e, "k", nil, fn)
+			dup <- outcome{v, res, err}
+		}()
+	}
+	eventually(t, func() bool { return e.Stats().Waits == dups }, "the duplicates did not wait")
+	close(release)
+	got := <-first
+	require.NoError(t, got.err)
+	require.Equal(t, want, got.v)
+	for range dups {
+		got := <-dup
+		require.ErrorIs(t, got.err, idem.ErrValueType)
+		require.True(t, got.res.Replayed)
+	}
+	for range 2 {
+		v, res, err := idem.DoValue(context.Background(), e, "k", nil, fn)
+		require.ErrorIs(t, err, idem.ErrValueType)
+		require.ErrorContains(t, err, "idem_test.charge")
+		require.True(t, res.Replayed)
+		require.Zero(t, v)
+	}
+	require.EqualValues(t, 1, runs.Load())
 }
 
 func TestStatsCountWhatHappened(t *testing.T) {
@@ -918,6 +1034,87 @@ func TestPanicAfterFnReturnedReleasesTheKey(t *testing.T) {
 	require.NoError(t, e.Forget("k"))
 	_, err = e.Do(ctx, "k", nil, c.fn("v"))
 	require.NoError(t, err)
+}
+
+// lateCancel is a context that is live when Do first looks at it and
+// cancelled from then on: a caller whose context ends while Do reads the key.
+type lateCancel struct {
+	context.Context
+	looks atomic.Int32
+}
+
+func (c *lateCancel) Err() error {
+	if c.looks.Add(1) > 1 {
+		return context.Canceled
+	}
+	return nil
+}
+
+// An orphan of this process (fn ran, its outcome could not be stored) keeps
+// reporting StateInterrupted when a retry under RetryInterrupted gives up
+// before replacing its marker. (SyncNone writes no markers, so it has no
+// orphans.)
+func TestCancelledRetryKeepsAnOrphanInterrupted(t *testing.T) {
+	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult} {
+		t.Run(d.String(), func(t *testing.T) {
+			e := open(t, nil, "db", &idem.Options{RetryInterrupted: true, Durability: d})
+			func() {
+				defer func() { require.NotNil(t, recover()) }()
+				e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
+					return nil, idem.Permanent(&nilMsgError{}) // panics after fn returned: an orphan
+				})
+			}()
+			checkInterrupted := func() {
+				t.Helper()
+				rec, err := e.Lookup("k")
+				require.NoError(t, err)
+				require.Equal(t, idem.StateInterrupted, rec.State)
+				var keys []string
+				for r, err := range e.Interrupted() {
+					require.NoError(t, err)
+					keys = append(keys, r.Key)
+				}
+				require.Equal(t, []string{"k"}, keys)
+			}
+			checkInterrupted()
+
+			var c counter
+			_, err := e.Do(&lateCancel{Context: context.Background()}, "k", nil, c.fn("v"))
+			require.ErrorIs(t, err, context.Canceled)
+			require.Zero(t, c.runs.Load())
+			checkInterrupted()
+
+			// A retry that goes on runs fn and replaces the orphan.
+			res, err := e.Do(context.Background(), "k", nil, c.fn("v"))
+			require.NoError(t, err)
+			require.False(t, res.Replayed)
+			rec, err := e.Lookup("k")
+			require.NoError(t, err)
+			require.Equal(t, idem.StateCompleted, rec.State)
+		})
+	}
+}
+
+// Under RetryInterrupted, a retry of an orphan whose fn fails releases the
+// key, and leaves no marker that reads as in flight.
+func TestFailedRetryOfAnOrphanLeavesNoMarker(t *testing.T) {
+	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
+		t.Run(d.String(), func(t *testing.T) {
+			e := open(t, nil, "db", &idem.Options{RetryInterrupted: true, Durability: d})
+			func() {
+				defer func() { require.NotNil(t, recover()) }()
+				e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
+					return nil, idem.Permanent(&nilMsgError{})
+				})
+			}()
+			_, err := e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
+				return nil, errors.New("transient")
+			})
+			require.ErrorContains(t, err, "transient")
+			_, err = e.Lookup("k")
+			require.ErrorIs(t, err, idem.ErrNotFound)
+		})
+	}
 }
 
 func TestHugeTTLSaturates(t *testing.T) {

@@ -65,9 +65,11 @@ const maxValueSizeLimit = 1 << 30
 // Options configure an Engine. A nil *Options, and every zero field, means
 // the default. Open copies the options; it never modifies the caller's.
 type Options struct {
-	// TTL is how long a record lives after its key was claimed (just
-	// before fn ran). An expired record is invisible at once and removed by
-	// the next sweep. If 0, DefaultTTL (24 hours); negative is an error.
+	// TTL is how long a record lives after it was stored: a result (a
+	// value or a Permanent error) TTL after fn returned, however long fn
+	// ran; an in-flight marker TTL after fn started. An expired record is
+	// invisible at once and removed by a later sweep. If 0, DefaultTTL (24
+	// hours); negative is an error.
 	TTL time.Duration
 
 	// Durability says which writes are fsynced. The zero value is SyncAll.

@@ -3,6 +3,7 @@ package idem_test
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -115,4 +116,31 @@ func TestRecordsByPrefixSkipExpired(t *testing.T) {
 	}
 	require.Equal(t, 4, n)
 	require.NoError(t, e.Compact(ctx))
+}
+
+// A read-only engine reports the read amplification of the tables it reads,
+// as a writable one does (Pebble leaves its own figure at 0 there).
+func TestReadOnlyStatsReportReadAmplification(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 2 {
+		// Each Open flushes what the last one left in the log: a table in
+		// L0 each time.
+		e, err := idem.Open(dir, &idem.Options{SweepInterval: -1})
+		require.NoError(t, err)
+		for j := range 100 {
+			_, err := e.Do(context.Background(), fmt.Sprintf("k%d-%d", i, j), nil, (&counter{}).fn("v"))
+			require.NoError(t, err)
+		}
+		require.NoError(t, e.Close())
+	}
+	e, err := idem.Open(dir, &idem.Options{SweepInterval: -1})
+	require.NoError(t, err)
+	rw := e.Stats().ReadAmplification
+	require.NoError(t, e.Close())
+	require.Positive(t, rw)
+
+	ro, err := idem.Open(dir, &idem.Options{ReadOnly: true})
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, ro.Stats().ReadAmplification, rw)
+	require.NoError(t, ro.Close())
 }

@@ -47,9 +47,17 @@ func (s State) String() string {
 	return fmt.Sprintf("State(%d)", uint8(s))
 }
 
-// Record is a stored record, as Lookup and Interrupted report it.
+// Record is a stored record, as Lookup, Records and Interrupted report it.
 type Record struct {
-	Key       string
+	// Key is the key as Do was given it. (idemhttp's middleware prefixes
+	// the client's key with its scope: see idemhttp.EngineKey.)
+	Key string
+	// State is StateCompleted for a stored value, StateFailed for a stored
+	// Permanent error, StateInFlight for a key whose fn a call of this
+	// Engine is running, and StateInterrupted for one whose fn was cut off
+	// (an earlier process's, or one of this process whose outcome could
+	// not be stored: see Interrupted). Under SyncNone a running call writes
+	// no marker, so its key has no record until fn returns.
 	State     State
 	CreatedAt time.Time // when the record was stored
 	ExpiresAt time.Time // when it expires

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,25 +174,39 @@ func TestSweepWhileDoCallsTheSameKeys(t *testing.T) {
 	}
 }
 
-// A record lives TTL from when its key was claimed, just before fn ran,
-// whatever the durability; CreatedAt is when the result was stored.
-func TestExpiryCountsFromTheClaim(t *testing.T) {
+// A result lives TTL from when it was stored, whatever the durability and
+// however long fn ran: a caller who has seen an outcome can count on its
+// replay for a whole TTL. CreatedAt is when the result was stored.
+func TestExpiryCountsFromTheStore(t *testing.T) {
 	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
 		t.Run(d.String(), func(t *testing.T) {
 			clk := newClock()
 			e := open(t, nil, "db", &idem.Options{Now: clk.Now, TTL: time.Hour, Durability: d})
-			claimed := clk.Now()
-			res, err := e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
-				clk.Advance(10 * time.Minute)
+			var runs atomic.Int64
+			fn := func(context.Context) ([]byte, error) {
+				runs.Add(1)
+				clk.Advance(90 * time.Minute) // longer than the TTL
 				return []byte("v"), nil
-			})
+			}
+			res, err := e.Do(context.Background(), "k", nil, fn)
 			require.NoError(t, err)
-			require.True(t, claimed.Add(time.Hour).Equal(res.ExpiresAt), "ExpiresAt %v", res.ExpiresAt)
-			require.True(t, claimed.Add(10*time.Minute).Equal(res.CreatedAt), "CreatedAt %v", res.CreatedAt)
+			stored := clk.Now()
+			require.True(t, stored.Equal(res.CreatedAt), "CreatedAt %v", res.CreatedAt)
+			require.True(t, stored.Add(time.Hour).Equal(res.ExpiresAt), "ExpiresAt %v", res.ExpiresAt)
+
+			// The client's immediate retry is a replay, not a second run.
+			res, err = e.Do(context.Background(), "k", nil, fn)
+			require.NoError(t, err)
+			require.True(t, res.Replayed)
+			require.EqualValues(t, 1, runs.Load())
 			rec, err := e.Lookup("k")
 			require.NoError(t, err)
-			require.True(t, claimed.Add(time.Hour).Equal(rec.ExpiresAt), "ExpiresAt %v", rec.ExpiresAt)
-			clk.Advance(50 * time.Minute) // an hour after the claim
+			require.True(t, stored.Add(time.Hour).Equal(rec.ExpiresAt), "ExpiresAt %v", rec.ExpiresAt)
+
+			clk.Advance(time.Hour - time.Nanosecond)
+			_, err = e.Lookup("k")
+			require.NoError(t, err, "expired before a whole TTL after it was stored")
+			clk.Advance(time.Nanosecond)
 			_, err = e.Lookup("k")
 			require.ErrorIs(t, err, idem.ErrNotFound)
 		})

@@ -12,9 +12,25 @@ import (
 
 // DoValue is Do for a typed result: fn's value is msgpack-encoded to be
 // stored, and decoded again on replays. The call that runs fn gets fn's own
-// value back. T must be a type msgpack can encode and decode (structs with
-// exported fields, maps, slices, numbers, strings...); if encoding fails, fn
-// has run but nothing is stored, so choose T with care.
+// value back; replays, and concurrent duplicates, get the stored one decoded
+// into a new T.
+//
+// T must be a type that msgpack (github.com/vmihailenco/msgpack/v5) encodes
+// and decodes back to the same value: numbers, strings, bools, []byte,
+// time.Time, slices, arrays, maps, pointers to those, and structs of them
+// (their exported fields, by name or msgpack tag), or a type implementing
+// msgpack.CustomEncoder and msgpack.CustomDecoder. What does not round-trip:
+// unexported fields (dropped); fields or elements of an interface type with
+// methods, such as error or fmt.Stringer (msgpack cannot tell which concrete
+// type to decode into: every replay returns an error matching ErrValueType);
+// any (decoded as msgpack's generic types, map[string]any, int8, ...);
+// channels and funcs (not encoded).
+//
+// If encoding fn's value fails, fn has run but nothing is stored and the
+// key is released, so choose T with care. A stored value that cannot be
+// decoded into T (T changed between deploys, say) is an error matching
+// ErrValueType, returned with the Result; bytes that are not valid msgpack
+// are an error matching ErrCorrupt.
 func DoValue[T any](ctx context.Context, e *Engine, key string, fingerprint []byte, fn func(ctx context.Context) (T, error)) (T, Result, error) {
 	var (
 		got T
@@ -35,14 +51,28 @@ func DoValue[T any](ctx context.Context, e *Engine, key string, fingerprint []by
 	if err != nil || ran && !res.Replayed {
 		return got, res, err
 	}
-	var v T
-	if err := checkBounds(res.Value); err != nil {
-		return v, res, fmt.Errorf("%w: key %q: the stored value is not valid msgpack: %w", ErrCorrupt, key, err)
+	v, err := decodeValue[T](key, res.Value)
+	return v, res, err
+}
+
+// decodeValue decodes the stored value b of key into a T. msgpack's decoder
+// panics for some types (a field of an interface type with methods): that
+// is an error too.
+func decodeValue[T any](key string, b []byte) (v T, err error) {
+	if err := checkBounds(b); err != nil {
+		return v, fmt.Errorf("%w: key %q: the stored value is not valid msgpack: %w", ErrCorrupt, key, err)
 	}
-	if err := msgpack.Unmarshal(res.Value, &v); err != nil {
-		return v, res, fmt.Errorf("%w: key %q: decoding the stored value as %T: %w", ErrCorrupt, key, v, err)
+	defer func() {
+		if r := recover(); r != nil {
+			var zero T
+			v, err = zero, fmt.Errorf("%w: key %q: decoding the stored value as %T: %v", ErrValueType, key, zero, r)
+		}
+	}()
+	if err := msgpack.Unmarshal(b, &v); err != nil {
+		var zero T
+		return zero, fmt.Errorf("%w: key %q: decoding the stored value as %T: %w", ErrValueType, key, zero, err)
 	}
-	return v, res, nil
+	return v, nil
 }
 
 // maxDepth bounds the nesting of a value checkBounds accepts.
