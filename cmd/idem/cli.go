@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -135,18 +136,48 @@ func oneLine(s string) string {
 
 // engineOptions are the options the tool opens a database with. Keys are
 // not checked against a length limit (the service may use a larger
-// MaxKeySize than the default), and no background sweep runs.
-func engineOptions(readOnly bool) *idem.Options {
-	return &idem.Options{ReadOnly: readOnly, MaxKeySize: math.MaxInt, SweepInterval: -1}
+// MaxKeySize than the default), and no background sweep runs. clk is the
+// engine's clock; nil means time.Now.
+func engineOptions(readOnly bool, clk *clock) *idem.Options {
+	o := &idem.Options{ReadOnly: readOnly, MaxKeySize: math.MaxInt, SweepInterval: -1}
+	if clk != nil {
+		o.Now = clk.now
+	}
+	return o
 }
 
+// A clock is the engine's clock for stats and sweep, which must see the
+// records that have expired but are still on disk: the engine hides a
+// record whose expiry is at or before its clock, so set to seeAll it shows
+// every record, and Records yields the expired ones too. Set to a time, it
+// is the time a sweep judges expiry by, so that the sweep removes exactly
+// the records counted as expired at that time. It is safe for concurrent
+// use.
+type clock struct {
+	ns atomic.Int64 // Unix nanoseconds
+}
+
+// seeAll is the clock's setting before every record's expiry.
+const seeAll = math.MinInt64
+
+// newClock returns a clock set to ns, in Unix nanoseconds.
+func newClock(ns int64) *clock {
+	c := new(clock)
+	c.ns.Store(ns)
+	return c
+}
+
+func (c *clock) now() time.Time  { return time.Unix(0, c.ns.Load()) }
+func (c *clock) set(t time.Time) { c.ns.Store(t.UnixNano()) }
+
 // openReadOnly opens the idem database in dir for reading only: nothing in
-// dir is created or changed. Its errors are worded for the operator.
-func openReadOnly(dir string) (*idem.Engine, error) {
+// dir is created or changed. Its errors are worded for the operator. clk is
+// the engine's clock; nil means time.Now.
+func openReadOnly(dir string, clk *clock) (*idem.Engine, error) {
 	if err := checkDir(dir); err != nil {
 		return nil, err
 	}
-	e, err := idem.Open(dir, engineOptions(true))
+	e, err := idem.Open(dir, engineOptions(true, clk))
 	if err != nil {
 		return nil, openError(dir, err)
 	}
@@ -156,16 +187,16 @@ func openReadOnly(dir string) (*idem.Engine, error) {
 // openWritable opens the idem database in dir for writing. It first opens
 // it read-only and closes it, so that a directory that holds no idem
 // database is refused without a change: Open for writing would create a
-// database in it.
-func openWritable(dir string) (*idem.Engine, error) {
-	e, err := openReadOnly(dir)
+// database in it. clk is the engine's clock; nil means time.Now.
+func openWritable(dir string, clk *clock) (*idem.Engine, error) {
+	e, err := openReadOnly(dir, nil)
 	if err != nil {
 		return nil, err
 	}
 	if err := e.Close(); err != nil {
 		return nil, err
 	}
-	e, err = idem.Open(dir, engineOptions(false))
+	e, err = idem.Open(dir, engineOptions(false, clk))
 	if err != nil {
 		return nil, openError(dir, err)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/testproc"
 )
 
 // The tests in this file run the idem binary as a real process, built once
@@ -65,7 +66,7 @@ func binary(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		out, err := exec.Command(gobin, append(args, ".")...).CombinedOutput()
+		out, err := testproc.Command(t, gobin, append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
@@ -98,7 +99,7 @@ func idemRun(t testing.TB, stdin io.Reader, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd := testproc.CommandContext(t, ctx, binary(t), args...)
 	cmd.Env = childEnv()
 	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
@@ -556,24 +557,42 @@ func TestSweepCommand(t *testing.T) {
 		t.Fatalf("ls lists %d records, want the 3 live ones:\n%s", got, r.stdout)
 	}
 
+	before := dirFiles(dir)
 	r = mustRun(t, exitOK, "sweep", dir)
+	after := dirFiles(dir)
 	t.Logf("\n%s", r.stdout)
-	if got := row(r.stdout, "removed"); len(got) < 2 || got[1] != "500" {
-		t.Errorf("removed row %q, want 500:\n%s", got, r.stdout)
+	// The figures agree with each other: the records removed and their
+	// size, the disk usage before and after (the files in the directory),
+	// and the space reclaimed, their difference.
+	if got := row(r.stdout, "removed"); len(got) < 2 || got[1] != "500" ||
+		!strings.HasSuffix(strings.Join(got, " "), ": "+formatBytes(500*(9+4096))+" of keys and values)") {
+		t.Errorf("removed row %q, want 500 records of %s:\n%s", got, formatBytes(500*(9+4096)), r.stdout)
+	}
+	if got := row(r.stdout, "kept"); len(got) < 2 || got[1] != "3" {
+		t.Errorf("kept row %q, want 3:\n%s", got, r.stdout)
+	}
+	rows := []string{"disk usage " + formatBytes(sumFiles(before)) + " -> " + formatBytes(sumFiles(after)) + " ("}
+	for i, g := range before {
+		rows = append(rows, g.kind+" "+formatBytes(g.bytes)+" -> "+formatBytes(after[i].bytes))
+	}
+	for _, want := range rows {
+		if !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), want) {
+			t.Errorf("no row %q:\n%s", want, r.stdout)
+		}
 	}
 	// 500 records of 4 KiB of random bytes: about 2 MiB reclaimed.
-	m := regexp.MustCompile(`(?m)^reclaimed\s+([\d.]+) (MiB|KiB)`).FindStringSubmatch(r.stdout)
-	if m == nil || m[2] != "MiB" {
-		t.Errorf("no reclaimed row of a MiB or more:\n%s", r.stdout)
+	if got, want := row(r.stdout, "reclaimed"), formatBytes(sumFiles(before)-sumFiles(after)); len(got) < 3 || got[1]+" "+got[2] != want || !strings.HasSuffix(want, "MiB") {
+		t.Errorf("reclaimed row %q, want %s, a MiB or more:\n%s", got, want, r.stdout)
 	}
-	for _, name := range []string{"files before", "files after", "disk usage", "compactions"} {
-		if !strings.Contains(r.stdout, "\n"+name+" ") {
-			t.Errorf("no row %q:\n%s", name, r.stdout)
-		}
+	if row(r.stdout, "compactions") == nil {
+		t.Errorf("no compactions row:\n%s", r.stdout)
 	}
 	r = mustRun(t, exitOK, "stats", dir)
 	if got := row(r.stdout, "records"); len(got) < 2 || got[1] != "3" {
 		t.Errorf("after the sweep, records row %q, want 3", got)
+	}
+	if got := row(r.stdout, "expired"); len(got) < 2 || got[1] != "0" {
+		t.Errorf("after the sweep, expired row %q, want 0", got)
 	}
 	r = mustRun(t, exitOK, "sweep", dir)
 	if got := row(r.stdout, "removed"); len(got) < 2 || got[1] != "0" {
@@ -805,7 +824,9 @@ func TestCorruptRecord(t *testing.T) {
 // TestBenchInterrupted stops a bench with SIGINT: it reports what it
 // measured, fails with a message, and removes its temporary directory.
 func TestBenchInterrupted(t *testing.T) {
-	cmd := exec.Command(binary(t), "bench", "--duration", "1m", "--concurrency", "2", "--durability", "none")
+	// The bench ends by itself after a minute; if the test fails first,
+	// testproc's cleanup kills it.
+	cmd := testproc.Command(t, binary(t), "bench", "--duration", "1m", "--concurrency", "2", "--durability", "none")
 	cmd.Env = childEnv()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -82,14 +82,17 @@ func demoCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 		fmt.Fprint(stderr, `Usage: idem demo [flags]
 
 Demo runs a flaky client that pays a few thousand payments through an idem
-engine, each with its own idempotency key. The charge (fn) takes up to 2 ms and
-fails transiently 5% of the time, and the client retries. The client loses the
-response of 20% of the payments (and retries with the same key), fires 2 to 4
-concurrent attempts for 15% of them, and reuses one key with a different
-payload. Halfway
-through, the engine is closed and opened again on the same directory, and every
-payment made so far is retried. Demo exits with status 1 if a card was charged
-twice or an acknowledged result was lost.
+engine, each with its own idempotency key. The charge (fn) takes up to 2 ms
+and fails transiently 5% of the time, and the client retries. The client
+loses the response of 20% of the payments (and retries with the same key),
+fires 2 to 4 concurrent attempts for 15% of them, and reuses one key with a
+different payload. Halfway through, the engine is closed and opened again on
+the same directory, and every payment made so far is retried. Demo exits with
+status 1 if a card was charged twice or an acknowledged result was lost.
+
+The engine's database goes in a temporary directory, removed at the end; with
+-dir it is kept, for a look with 'idem stats DIR', 'idem ls DIR' and
+'idem get DIR pay-000042'.
 
 Flags:
 `)
@@ -302,21 +305,21 @@ type demo struct {
 // failed, or ctx ended); the figures tell whether the engine kept its
 // promises.
 func runDemo(ctx context.Context, cfg demoConfig, w io.Writer) (*demoReport, error) {
-	dir := cfg.Dir
+	dir, where := cfg.Dir, ""
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "idem-demo-")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(tmp)
-		dir = tmp
+		dir, where = tmp, " (temporary, removed at the end)"
 	} else if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
 		return nil, fmt.Errorf("-dir %s is not empty", dir)
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	fmt.Fprintf(w, "idem demo: %d payments, %d workers, durability %v, seed %d, dir %s\n",
-		cfg.Payments, cfg.Workers, cfg.Durability, cfg.Seed, dir)
+	fmt.Fprintf(w, "idem demo: %d payments, %d workers, durability %v, seed %d, dir %s%s\n",
+		cfg.Payments, cfg.Workers, cfg.Durability, cfg.Seed, dir, where)
 
 	d := &demo{cfg: cfg, seed: cfg.Seed, pays: plan(cfg.Payments, cfg.Seed), ledger: newLedger()}
 	rep := &demoReport{Dir: dir, Durability: cfg.Durability}
@@ -327,6 +330,11 @@ func runDemo(ctx context.Context, cfg demoConfig, w io.Writer) (*demoReport, err
 	rep.Elapsed = time.Since(start)
 	d.tally(rep)
 	writeReport(w, rep)
+	if cfg.Dir == "" {
+		fmt.Fprintf(w, "idem demo: removing %s; run with -dir DIR to keep the database and look at it with 'idem stats DIR'\n", dir)
+	} else {
+		fmt.Fprintf(w, "idem demo: the database is kept in %s: look at it with 'idem stats %s', 'idem ls %s'\n", dir, dir, dir)
+	}
 	return rep, nil
 }
 

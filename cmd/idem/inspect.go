@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/idemhttp"
 )
 
 // The commands that only read: stats, ls, get and interrupted. Each opens
@@ -30,43 +32,56 @@ const stateCorrupt = "corrupt"
 // statsCommand is the stats subcommand.
 func statsCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	c := newCLI("stats", "stats DIR",
-		`Stats reads the idem database in DIR, read-only, and reports its records by
-state, the stored size of their keys and values, the oldest and newest
-expiry, and Pebble's figures: disk usage (with the files behind it), read
-amplification and compactions. Expired records that no sweep has removed yet
-are not counted.`,
+		`Stats reads the idem database in DIR, read-only, and reports its live
+records by state, the stored size of their keys and values, the oldest and
+newest expiry, the records that have expired but are still on disk (the next
+sweep removes them: 'idem sweep DIR' does it now), and Pebble's figures: disk
+usage (with the files behind it), read amplification and compactions.`,
 		`idem stats /var/lib/payments/idem`, stdin, stdout, stderr)
 	dir, code, ok := c.parseDir(args)
 	if !ok {
 		return code
 	}
-	e, err := openReadOnly(dir)
+	e, err := openReadOnly(dir, newClock(seeAll))
 	if err != nil {
 		return c.fail(err)
 	}
-	return c.closeEngine(e, c.stats(e, dir))
+	return c.closeEngine(e, c.stats(e, dir, time.Now()))
 }
 
-// recordStats are the figures stats gathers from the records.
+// recordStats are the figures stats and sweep gather from the records.
 type recordStats struct {
-	byState          map[string]int
-	total            int
-	keyBytes         int64
-	valueBytes       int64 // values and error messages
-	oldest, newest   time.Time
+	byState          map[string]int // live records by state, and corrupt ones
+	total            int            // live and corrupt records
+	keyBytes         int64          // of the live records
+	valueBytes       int64          // values and error messages of the live records
+	oldest, newest   time.Time      // expiries of the live records
 	oldestK, newestK string
+
+	expired      int   // records expired by now, not swept yet
+	expiredBytes int64 // their keys, values and error messages
 }
 
-func (c *cli) stats(e *idem.Engine, dir string) int {
+// gatherStats reads the records of seq, which must include the expired ones
+// (from an engine whose clock is at seeAll), and sorts them into live and
+// expired by now, as the engine does: a record expires when its expiry is
+// at or before the clock.
+func gatherStats(seq func(func(idem.Record, error) bool), now time.Time) (recordStats, error) {
 	rs := recordStats{byState: make(map[string]int)}
-	for r, err := range e.Records("") {
+	for r, err := range seq {
 		if errors.Is(err, idem.ErrCorrupt) {
 			rs.byState[stateCorrupt]++
 			rs.total++
 			continue
 		}
 		if err != nil {
-			return c.fail(err)
+			return rs, err
+		}
+		size := int64(len(r.Key)) + int64(max(recordSize(&r), 0))
+		if !r.ExpiresAt.After(now) {
+			rs.expired++
+			rs.expiredBytes += size
+			continue
 		}
 		rs.total++
 		rs.byState[r.State.String()]++
@@ -79,9 +94,18 @@ func (c *cli) stats(e *idem.Engine, dir string) int {
 			rs.newest, rs.newestK = r.ExpiresAt, r.Key
 		}
 	}
+	return rs, nil
+}
+
+// stats writes the figures of e, whose clock is at seeAll, with the records
+// that expired by now counted apart.
+func (c *cli) stats(e *idem.Engine, dir string, now time.Time) int {
+	rs, err := gatherStats(e.Records(""), now)
+	if err != nil {
+		return c.fail(err)
+	}
 	st := e.Stats()
 	files := dirFiles(dir)
-	now := time.Now()
 
 	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "database\t%s\n", dir)
@@ -99,6 +123,12 @@ func (c *cli) stats(e *idem.Engine, dir string) int {
 	} else {
 		fmt.Fprint(tw, "oldest expiry\t-\n")
 		fmt.Fprint(tw, "newest expiry\t-\n")
+	}
+	if rs.expired > 0 {
+		fmt.Fprintf(tw, "expired\t%d\t(not swept yet: %s of keys and values that the next sweep removes; 'idem sweep %s' does it now)\n",
+			rs.expired, formatBytes(rs.expiredBytes), dir)
+	} else {
+		fmt.Fprint(tw, "expired\t0\t(none waiting for a sweep)\n")
 	}
 	fmt.Fprintf(tw, "disk usage\t%s\t(%d bytes: Pebble's count of its tables and log)\n", formatBytes(int64(st.DiskUsage)), st.DiskUsage)
 	var total fileGroup
@@ -135,13 +165,13 @@ type fileGroup struct {
 
 // dirFiles sums the sizes of the files in dir by kind: Pebble's sstables,
 // blob files (values stored apart from the sstables), write-ahead log, and
-// the rest (manifest, options, markers). A file that cannot be read is
-// left out: the figures are for the reader.
+// the rest (manifest, options, markers), always in that order. A file that
+// cannot be read is left out: the figures are for the reader.
 func dirFiles(dir string) []fileGroup {
 	groups := []fileGroup{{kind: "sstables"}, {kind: "blob files"}, {kind: "WAL"}, {kind: "other"}}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil
+		return groups
 	}
 	for _, ent := range ents {
 		info, err := ent.Info()
@@ -204,7 +234,7 @@ idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key
 	if _, ok := parseState(state); !ok {
 		return c.usageError("--state must be completed, failed, interrupted or corrupt, not %q", state)
 	}
-	e, err := openReadOnly(dir)
+	e, err := openReadOnly(dir, nil)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -214,7 +244,16 @@ idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key
 		}
 		return state == "" || r.State.String() == state
 	}
-	return c.closeEngine(e, c.list(e.Records(prefix), keep, limit, asJSON, false))
+	n, code := c.list(e.Records(prefix), keep, limit, asJSON, false)
+	code = c.closeEngine(e, code)
+	if code == exitOK && n == 0 && !asJSON {
+		if state != "" || prefix != "" {
+			fmt.Fprintln(c.stderr, "idem ls: no live records match")
+		} else {
+			fmt.Fprintln(c.stderr, "idem ls: no live records")
+		}
+	}
+	return code
 }
 
 // interruptedCommand is the interrupted subcommand.
@@ -233,13 +272,13 @@ time is when fn started), settle it, then release the key with
 	if !ok {
 		return code
 	}
-	e, err := openReadOnly(dir)
+	e, err := openReadOnly(dir, nil)
 	if err != nil {
 		return c.fail(err)
 	}
-	var n int
-	keep := func(*idem.Record, error) bool { n++; return true }
-	code = c.closeEngine(e, c.list(e.Interrupted(), keep, 0, asJSON, true))
+	keep := func(*idem.Record, error) bool { return true }
+	n, code := c.list(e.Interrupted(), keep, 0, asJSON, true)
+	code = c.closeEngine(e, code)
 	if code == exitOK && !asJSON {
 		if n == 0 {
 			fmt.Fprintln(c.stderr, "idem interrupted: no interrupted keys")
@@ -255,33 +294,35 @@ time is when fn started), settle it, then release the key with
 const tableFlush = 1000
 
 // list writes the records of seq that keep accepts, at most limit of them
-// (all if 0), as a table or as JSON lines. The table of interrupted records
-// has the columns that matter for them: key, when fn started, and when the
-// marker expires. A record that cannot be decoded is listed as corrupt;
-// another error ends the listing with a failure.
-func (c *cli) list(seq func(func(idem.Record, error) bool), keep func(*idem.Record, error) bool, limit int, asJSON, interrupted bool) int {
+// (all if 0), as a table or as JSON lines, and returns how many it wrote.
+// The table's header comes with its first row: no records, no table. The
+// table of interrupted records has the columns that matter for them: key,
+// when fn started, and when the marker expires. A record that cannot be
+// decoded is listed as corrupt; another error ends the listing with a
+// failure.
+func (c *cli) list(seq func(func(idem.Record, error) bool), keep func(*idem.Record, error) bool, limit int, asJSON, interrupted bool) (int, int) {
 	enc := json.NewEncoder(c.stdout)
 	enc.SetEscapeHTML(false)
 	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
-	switch {
-	case asJSON:
-	case interrupted:
-		fmt.Fprint(tw, "KEY\tSTARTED\tEXPIRES\n")
-	default:
-		fmt.Fprint(tw, "KEY\tSTATE\tCREATED\tEXPIRES\tSIZE\n")
-	}
 	n := 0
 	for r, err := range seq {
 		if err != nil && !errors.Is(err, idem.ErrCorrupt) {
 			tw.Flush()
-			return c.fail(err)
+			return n, c.fail(err)
 		}
 		if !keep(&r, err) {
 			continue
 		}
+		switch {
+		case n > 0 || asJSON:
+		case interrupted:
+			fmt.Fprint(tw, "KEY\tSTARTED\tEXPIRES\n")
+		default:
+			fmt.Fprint(tw, "KEY\tSTATE\tCREATED\tEXPIRES\tSIZE\n")
+		}
 		if asJSON {
 			if err := enc.Encode(toJSON(&r, err, false)); err != nil {
-				return c.fail(err)
+				return n, c.fail(err)
 			}
 		} else if err != nil && interrupted {
 			fmt.Fprintf(tw, "%s\t(%s record)\t-\n", displayKey(r.Key), stateCorrupt)
@@ -305,9 +346,9 @@ func (c *cli) list(seq func(func(idem.Record, error) bool), keep func(*idem.Reco
 		}
 	}
 	if err := tw.Flush(); err != nil {
-		return c.fail(err)
+		return n, c.fail(err)
 	}
-	return exitOK
+	return n, exitOK
 }
 
 // jsonRecord is a record as ls --json, interrupted --json and get --json
@@ -325,6 +366,8 @@ type jsonRecord struct {
 	// get only: the value as text when it is printable, else in base64.
 	Value       *string `json:"value,omitempty"`
 	ValueBase64 *string `json:"value_base64,omitempty"`
+	// get only: the response an idemhttp record holds, decoded.
+	HTTP *jsonHTTP `json:"http,omitempty"`
 }
 
 func toJSON(r *idem.Record, err error, withValue bool) jsonRecord {
@@ -342,36 +385,57 @@ func toJSON(r *idem.Record, err error, withValue bool) jsonRecord {
 		n := len(r.Value)
 		j.ValueSize = &n
 		if withValue {
-			if isText(r.Value) {
-				s := string(r.Value)
-				j.Value = &s
-			} else {
-				s := base64.StdEncoding.EncodeToString(r.Value)
-				j.ValueBase64 = &s
+			j.Value, j.ValueBase64 = textOrBase64(r.Value)
+			if h, ok := decodeHTTP(r); ok {
+				j.HTTP = h.toJSON()
 			}
 		}
 	}
 	return j
 }
 
+// textOrBase64 returns b as text when it is printable, else in base64.
+func textOrBase64(b []byte) (text, b64 *string) {
+	s := string(b)
+	if isText(b) {
+		return &s, nil
+	}
+	s = base64.StdEncoding.EncodeToString(b)
+	return nil, &s
+}
+
 // getCommand is the get subcommand.
 func getCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c := newCLI("get", "get DIR KEY [--raw | --json]",
+	c := newCLI("get", "get DIR KEY [--http] [--scope S] [--raw | --json]",
 		`Get shows one record of the idem database in DIR, read-only, in full: its
 state, when it was stored and expires, and its value, as text when it is
 printable and in base64 otherwise (a failed record shows its stored error
-message). --raw writes the value's bytes alone, for a completed record. A key
-that starts with "-" goes after "--": idem get DIR -- -KEY.`,
+message). A record of the idemhttp middleware shows the client's key, its
+scope and the stored response (status, header fields, body) instead. --raw
+writes the value's bytes alone, as stored, for a completed record. A key that
+starts with "-" goes after "--": idem get DIR -- -KEY.
+
+The middleware stores the response to a request under an engine key made of
+the scope's length, a colon, the scope and the client's key ("0:k-1" for the
+key k-1 without a scope): with --http (and --scope for a scope), KEY is the
+client's key and get finds that engine key.`,
 		`idem get /var/lib/payments/idem pay-000042
-idem get /var/lib/payments/idem pay-000042 --raw > receipt.bin`,
+idem get /var/lib/payments/idem pay-000042 --raw > receipt.bin
+idem get /var/lib/shop/idem --http --scope tenant-42 8e03978e-40d5-43e8-bc93-6894a57f9324`,
 		stdin, stdout, stderr)
-	var raw, asJSON bool
+	var (
+		raw, asJSON, httpKey bool
+		scope                string
+	)
 	c.flags.BoolVar(&raw, "raw", false, "write the value's bytes alone, as stored")
 	c.flags.BoolVar(&asJSON, "json", false, "write the record as a JSON object")
+	c.flags.BoolVar(&httpKey, "http", false, "KEY is a client's Idempotency-Key: show the idemhttp middleware's record of it")
+	c.flags.StringVar(&scope, "scope", "", "with --http (which it implies), the middleware's scope `S` of the client (Options.Scope)")
 	pos, code, ok := c.parse(args)
 	if !ok {
 		return code
 	}
+	c.flags.Visit(func(f *flag.Flag) { httpKey = httpKey || f.Name == "scope" })
 	switch {
 	case len(pos) != 2:
 		return c.usageError("want two arguments, the database's directory and a key; got %d", len(pos))
@@ -381,17 +445,31 @@ idem get /var/lib/payments/idem pay-000042 --raw > receipt.bin`,
 		return c.usageError("--raw and --json exclude each other")
 	}
 	dir, key := pos[0], pos[1]
-	e, err := openReadOnly(dir)
+	if httpKey {
+		key = idemhttp.EngineKey(scope, key)
+	}
+	e, err := openReadOnly(dir, nil)
 	if err != nil {
 		return c.fail(err)
 	}
-	return c.closeEngine(e, c.get(e, dir, key, raw, asJSON))
+	return c.closeEngine(e, c.get(e, dir, key, raw, asJSON, httpKey))
 }
 
-func (c *cli) get(e *idem.Engine, dir, key string, raw, asJSON bool) int {
+// get shows key's record. httpKey says that key was made from a client's
+// key with --http.
+func (c *cli) get(e *idem.Engine, dir, key string, raw, asJSON, httpKey bool) int {
 	r, err := e.Lookup(key)
 	switch {
 	case errors.Is(err, idem.ErrNotFound):
+		if !httpKey {
+			// The operator may have given a client's key, not its
+			// engine key.
+			alt := idemhttp.EngineKey("", key)
+			if _, err := e.Lookup(alt); err == nil {
+				return c.failf("no record for key %s; the idemhttp middleware's record of the client key %s (no scope) is under %s: idem get %s --http %s",
+					displayKey(key), displayKey(key), displayKey(alt), dir, displayKey(key))
+			}
+		}
 		return c.failf("no record for key %s (there is none, or it has expired)", displayKey(key))
 	case err != nil:
 		return c.fail(err)
@@ -415,14 +493,24 @@ func (c *cli) get(e *idem.Engine, dir, key string, raw, asJSON bool) int {
 	}
 	now := time.Now()
 	w := c.stdout
+	h, isHTTP := decodeHTTP(&r)
 	fmt.Fprintf(w, "key:      %s\n", displayKey(r.Key))
+	if isHTTP {
+		h.writeKey(w)
+	}
 	fmt.Fprintf(w, "state:    %s\n", r.State)
 	fmt.Fprintf(w, "created:  %s (%s)\n", formatTime(r.CreatedAt), relative(r.CreatedAt, now))
 	fmt.Fprintf(w, "expires:  %s (%s)\n", formatTime(r.ExpiresAt), relative(r.ExpiresAt, now))
 	switch r.State {
 	case idem.StateCompleted:
-		fmt.Fprintf(w, "size:     %d %s\n", len(r.Value), plural(len(r.Value), "byte", "bytes"))
+		fmt.Fprintf(w, "size:     %d %s", len(r.Value), plural(len(r.Value), "byte", "bytes"))
+		if isHTTP {
+			fmt.Fprint(w, " (the stored response, encoded)")
+		}
+		fmt.Fprintln(w)
 		switch {
+		case isHTTP:
+			h.writeResponse(w)
 		case len(r.Value) == 0:
 			fmt.Fprint(w, "value:    (empty)\n")
 		case isText(r.Value):

@@ -8,12 +8,15 @@
 //
 // The commands are:
 //
-//	stats        records by state, expiry range and Pebble's figures of a database
+//	stats        records by state, expiry range, expired records not swept
+//	             yet, and Pebble's figures of a database
 //	ls           list a database's records, as a table or JSON lines
-//	get          show one record in full
+//	get          show one record in full; a record of the idemhttp middleware
+//	             as its client key, scope and stored response
 //	interrupted  list the keys left in flight by a crash, to reconcile
 //	forget       release keys (after reconciling them), asking first
-//	sweep        remove the expired records now and compact
+//	sweep        remove the expired records now and compact, and report the
+//	             records removed and the disk usage before and after
 //	bench        a load on this machine's disk: throughput, latency, fsyncs
 //	demo         run a flaky payment client against an engine, with a restart
 //	             in the middle, and check that no payment is charged twice and
@@ -59,7 +62,7 @@ type command struct {
 var commands = []command{
 	{
 		name:    "stats",
-		summary: "records by state, expiry range and Pebble's figures of a database (read-only)",
+		summary: "records by state, expiry range, expired records not swept yet and Pebble's figures of a database (read-only)",
 		run:     statsCommand,
 	},
 	{
@@ -69,7 +72,7 @@ var commands = []command{
 	},
 	{
 		name:    "get",
-		summary: "show one record in full (read-only)",
+		summary: "show one record in full; an idemhttp record as its HTTP response (read-only)",
 		run:     getCommand,
 	},
 	{
@@ -84,7 +87,7 @@ var commands = []command{
 	},
 	{
 		name:    "sweep",
-		summary: "remove the expired records now, compact, and report the space reclaimed",
+		summary: "remove the expired records now and compact: records removed, disk usage before and after",
 		run:     sweepCommand,
 	},
 	{

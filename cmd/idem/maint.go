@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/idemkv/idem"
 )
@@ -51,7 +52,7 @@ idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget 
 
 	// Check every key on a read-only engine, so that nothing is locked
 	// while the operator answers.
-	e, err := openReadOnly(dir)
+	e, err := openReadOnly(dir, nil)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -66,7 +67,7 @@ idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget 
 		}
 	}
 
-	e, err = openWritable(dir)
+	e, err = openWritable(dir, nil)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -179,44 +180,61 @@ func (c *cli) forget(e *idem.Engine, keys []string, anyState bool) int {
 // sweepCommand is the sweep subcommand.
 func sweepCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	c := newCLI("sweep", "sweep DIR",
-		`Sweep removes the expired records of the idem database in DIR now, as the
-engine's background sweeper does, then compacts the database so that their
-space is reclaimed at once. It reports the records removed and the disk usage
-before and after. The difference can be small, or even negative: the sweep's
-own deletions, Pebble's write-ahead log (which it recycles rather than frees)
-and the compaction's output take room too. The database must not be open in
-another process.`,
+		`Sweep removes now the records of the idem database in DIR that have expired,
+as the engine's background sweeper does, then compacts the database so that
+their space is reclaimed at once. It reports the records removed, with the
+size of their keys and values, the records kept, and the disk usage (every
+file in the directory) before and after, by kind of file. The space reclaimed
+differs from the size of the records removed: Pebble compresses what it
+stores, and opening the database flushes its write-ahead log into tables and
+lets it delete old log files, which counts too. The database must not be open
+in another process.`,
 		`idem sweep /var/lib/payments/idem`, stdin, stdout, stderr)
 	dir, code, ok := c.parseDir(args)
 	if !ok {
 		return code
 	}
-	filesBefore := dirSize(dir)
-	e, err := openWritable(dir)
+	before := dirFiles(dir)
+	clk := newClock(seeAll)
+	e, err := openWritable(dir, clk)
 	if err != nil {
 		return c.fail(err)
 	}
-	res, err := sweepAndCompact(ctx, e)
+	res, err := sweepAndCompact(ctx, e, clk, time.Now())
 	if cerr := e.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
 		return c.failf("%w (after removing %d expired records)", err, res.removed)
 	}
-	filesAfter := dirSize(dir)
+	after := dirFiles(dir)
+	if res.removed != res.counted {
+		// Nothing else has the database open and the clock is fixed: the
+		// sweep removes what the count found, unless the engine judges
+		// expiry otherwise.
+		fmt.Fprintf(c.stderr, "idem sweep: the sweep removed %d records where %d had expired when counted; the size shown is that of the %d\n",
+			res.removed, res.counted, res.counted)
+	}
 
-	reclaimed := filesBefore - filesAfter
 	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintf(tw, "removed\t%d\t(expired %s)\n", res.removed, plural(res.removed, "record", "records"))
-	fmt.Fprintf(tw, "files before\t%s\t(every file in the directory, before opening)\n", formatBytes(filesBefore))
-	fmt.Fprintf(tw, "files after\t%s\t(after the sweep and the compaction, once closed)\n", formatBytes(filesAfter))
-	note := "(opening also replays and flushes the write-ahead log, which counts here)"
+	fmt.Fprintf(tw, "removed\t%d\t(%s expired by %s: %s of keys and values)\n",
+		res.removed, plural(res.removed, "record", "records"), formatTime(res.now), formatBytes(res.removedBytes))
+	fmt.Fprintf(tw, "kept\t%d\t(live %s", res.kept, plural(res.kept, "record", "records"))
+	if res.corrupt > 0 {
+		fmt.Fprintf(tw, ", and %d corrupt, which only forget removes", res.corrupt)
+	}
+	fmt.Fprint(tw, ")\n")
+	fmt.Fprintf(tw, "disk usage\t%s -> %s\t(every file in the directory: before the sweep, and after it and a compaction)\n",
+		formatBytes(sumFiles(before)), formatBytes(sumFiles(after)))
+	for i := range before {
+		fmt.Fprintf(tw, "  %s\t%s -> %s\n", before[i].kind, formatBytes(before[i].bytes), formatBytes(after[i].bytes))
+	}
+	reclaimed := sumFiles(before) - sumFiles(after)
+	note := "(the files' difference, not the records' size: Pebble compresses its tables, and opening the database flushes its write-ahead log into them)"
 	if reclaimed < 0 {
-		note = "(the database grew: the sweep's own writes outweigh what was freed)"
+		note = "(the database grew: the sweep's deletions and the new log and tables outweigh what was freed)"
 	}
 	fmt.Fprintf(tw, "reclaimed\t%s\t%s\n", formatBytes(reclaimed), note)
-	fmt.Fprintf(tw, "disk usage\t%s -> %s\t(Pebble's count while open: before the sweep, after the compaction)\n",
-		formatBytes(int64(res.before)), formatBytes(int64(res.after)))
 	fmt.Fprintf(tw, "compactions\t%d\n", res.compactions)
 	fmt.Fprintf(tw, "read amplification\t%d\n", res.readAmp)
 	if err := tw.Flush(); err != nil {
@@ -227,17 +245,30 @@ another process.`,
 
 // sweepResult holds the figures of a sweep.
 type sweepResult struct {
-	removed       int
-	before, after uint64 // Pebble's disk usage
-	compactions   uint64
-	readAmp       uint64
+	now          time.Time // the records expired by now are removed
+	removed      int       // records removed
+	counted      int       // records expired by now, counted before the sweep
+	removedBytes int64     // the keys, values and error messages of those counted
+	kept         int       // live records left
+	corrupt      int       // corrupt records left
+	compactions  uint64
+	readAmp      uint64
 }
 
-// sweepAndCompact sweeps e and compacts it.
-func sweepAndCompact(ctx context.Context, e *idem.Engine) (sweepResult, error) {
-	var res sweepResult
-	res.before = e.Stats().DiskUsage
-	var err error
+// sweepAndCompact removes the records of e that expired by now, and
+// compacts e. e's clock is clk, at seeAll: first it reads every record to
+// count the expired ones and their size, then it sets clk to now and
+// sweeps, so that the sweep removes exactly the records counted.
+func sweepAndCompact(ctx context.Context, e *idem.Engine, clk *clock, now time.Time) (sweepResult, error) {
+	res := sweepResult{now: now}
+	rs, err := gatherStats(e.Records(""), now)
+	if err != nil {
+		return res, err
+	}
+	res.corrupt = rs.byState[stateCorrupt]
+	res.kept = rs.total - res.corrupt
+	res.counted, res.removedBytes = rs.expired, rs.expiredBytes
+	clk.set(now)
 	if res.removed, err = e.Sweep(ctx); err != nil {
 		return res, err
 	}
@@ -245,14 +276,14 @@ func sweepAndCompact(ctx context.Context, e *idem.Engine) (sweepResult, error) {
 		return res, err
 	}
 	st := e.Stats()
-	res.after, res.compactions, res.readAmp = st.DiskUsage, st.Compactions, st.ReadAmplification
+	res.compactions, res.readAmp = st.Compactions, st.ReadAmplification
 	return res, nil
 }
 
-// dirSize returns the total size of the regular files in dir.
-func dirSize(dir string) int64 {
+// sumFiles returns the total size of files.
+func sumFiles(files []fileGroup) int64 {
 	var n int64
-	for _, g := range dirFiles(dir) {
+	for _, g := range files {
 		n += g.bytes
 	}
 	return n
