@@ -58,13 +58,14 @@ func identifyDir(fs vfs.FS, dir string) (dirID, error) {
 		}
 		return dirID{fs: root, path: abs}, nil
 	}
-	if !reflect.TypeOf(root).Comparable() {
+	if !reflect.ValueOf(root).Comparable() {
 		// A file system that cannot be told apart from another: its own
 		// lock is all there is.
 		return dirID{}, nil
 	}
-	// vfs.MemFS, and file systems like it, have no current directory but
-	// the root: "db", "/db" and "./db/" are one directory.
+	// vfs.MemFS has no current directory but the root, and Pebble names its
+	// files with PathJoin, which cleans the path: "db", "/db" and "./db/"
+	// name the same files.
 	return dirID{fs: root, path: path.Clean("/" + dir)}, nil
 }
 

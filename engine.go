@@ -66,9 +66,12 @@ var (
 	// Compact) on an Engine opened with Options.ReadOnly.
 	ErrReadOnly = errors.New("idem: engine opened read-only")
 	// ErrNotDatabase is returned by Open for a directory that holds no idem
-	// database: with Options.ReadOnly, one with no database at all; always,
-	// a Pebble database that idem did not write, which Open leaves as it
-	// was, byte for byte.
+	// database: with Options.ReadOnly, one with no database at all, or an
+	// empty one; always, a Pebble database with keys that idem did not
+	// write, which Open leaves as it was, byte for byte. (A writable Open
+	// makes an empty Pebble database an idem one. One whose Pebble options
+	// do not match, a custom comparer say, is refused with Pebble's error,
+	// also unchanged.)
 	ErrNotDatabase = errors.New("idem: not an idem database")
 )
 
@@ -216,18 +219,30 @@ func Open(dir string, opts *Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	lock, err := pebble.LockDirectory(dir, o.FS)
+	var (
+		lock *pebble.Lock
+		e    *Engine
+	)
+	defer func() {
+		// Also if Pebble panics, and the caller recovers: the directory
+		// must not stay claimed.
+		if e == nil {
+			if lock != nil {
+				lock.Close()
+			}
+			releaseDir()
+		}
+	}()
+	lock, err = pebble.LockDirectory(dir, o.FS)
 	if err != nil {
-		releaseDir()
+		lock = nil
 		if isLockConflict(err) {
 			return nil, fmt.Errorf("%w: %s is open in another Engine or process", ErrLocked, dir)
 		}
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
-	e, err := open(dir, o, lock)
-	if err != nil {
-		lock.Close()
-		releaseDir()
+	if e, err = open(dir, o, lock); err != nil {
+		e = nil
 		return nil, err
 	}
 	e.releaseDir = releaseDir
@@ -320,14 +335,12 @@ func checkDatabase(dir string, o *Options, lock *pebble.Lock) error {
 	}
 	s := store{db: db, log: po.Logger.(pebbleLogger)}
 	_, err = s.openMeta(true)
-	if err == errEmptyDatabase {
-		err = nil
-	}
-	if cerr := db.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("idem: open %s: %w", dir, cerr)
-	}
-	if err != nil {
+	cerr := db.Close()
+	switch {
+	case err != nil && err != errEmptyDatabase:
 		return openMetaError(dir, err)
+	case cerr != nil:
+		return fmt.Errorf("idem: open %s: %w", dir, cerr)
 	}
 	return nil
 }
@@ -462,9 +475,9 @@ func (e *Engine) replayCached(r *cachedRecord, fp fingerprint) (Result, error) {
 // leadState is what lead and complete know of their call, for the guard that
 // releases the key however they end.
 type leadState struct {
-	finished bool    // the key has been released
-	marker   *record // the in-flight marker, once stored
-	fnDone   bool    // fn has returned normally
+	finished bool // the key has been released
+	marked   bool // the in-flight marker is stored
+	fnDone   bool // fn has returned normally
 }
 
 // lead handles a call that owns its key since now: it reads the record,
@@ -475,7 +488,7 @@ type leadState struct {
 // (a user error's Error method, a fatal Pebble error): a panic in fn deletes
 // the in-flight marker, as an error would; one after fn returned keeps it,
 // since fn's effects happened, and the key reports ErrInterrupted.
-func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error)) (Result, error) {
+func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error)) (res Result, err error) {
 	var st leadState
 	defer func() {
 		if st.finished {
@@ -483,16 +496,18 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 		}
 		// Something panicked, or fn called runtime.Goexit: release the
 		// key, tell the followers, and let the panic (or Goexit) go on.
+		// (guardPanics makes a panic(nil) a non-nil panic, so nil here
+		// means Goexit.)
 		r := recover()
 		var err error = errGoexit
 		if r != nil {
 			err = &panicError{value: r}
 		}
-		if st.marker != nil {
+		if st.marked {
 			if st.fnDone {
 				e.orphans.Store(key, struct{}{})
 			} else {
-				e.releaseQuietly(key, st.marker)
+				e.releaseQuietly(key)
 			}
 		}
 		e.finish(&st, key, c, outcome{share: true, err: err}, nil)
@@ -500,7 +515,12 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 			panic(r)
 		}
 	}()
+	guardPanics(func() { res, err = e.leadOwned(ctx, key, c, now, fn, &st) }, nil)
+	return res, err
+}
 
+// leadOwned is lead's work, under lead's guard.
+func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error), st *leadState) (Result, error) {
 	var (
 		rec   record
 		found bool
@@ -509,7 +529,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 	if !e.filter.absent(key) {
 		rec, found, err = e.store.get(key)
 		if err != nil {
-			return e.finish(&st, key, c, outcome{share: true, err: err}, nil)
+			return e.finish(st, key, c, outcome{share: true, err: err}, nil)
 		}
 	}
 	replacing := found // the key has a record, which a new one replaces
@@ -519,15 +539,15 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 	if found {
 		if rec.fp != c.fp {
 			e.stats.mismatches.Add(1)
-			return e.finish(&st, key, c, outcome{share: true, err: ErrFingerprintMismatch}, &rec)
+			return e.finish(st, key, c, outcome{share: true, err: ErrFingerprintMismatch}, &rec)
 		}
 		switch rec.state {
 		case StateCompleted:
 			e.stats.replays.Add(1)
-			return e.finish(&st, key, c, outcome{share: true, res: rec.result(true)}, &rec)
+			return e.finish(st, key, c, outcome{share: true, res: rec.result(true)}, &rec)
 		case StateFailed:
 			e.stats.replays.Add(1)
-			return e.finish(&st, key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.errMsg)}}, &rec)
+			return e.finish(st, key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.errMsg)}}, &rec)
 		default:
 			// An in-flight marker, found by the key's owner: either an
 			// earlier process's (an earlier epoch), or one of this
@@ -535,7 +555,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 			// fn's outcome is unknown.
 			e.stats.interrupted.Add(1)
 			if !e.opts.RetryInterrupted {
-				return e.finish(&st, key, c, outcome{share: true, err: ErrInterrupted}, nil)
+				return e.finish(st, key, c, outcome{share: true, err: ErrInterrupted}, nil)
 			}
 		}
 	}
@@ -545,7 +565,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 	replacesOrphan := replacing && rec.state == StateInFlight && rec.epoch == e.epoch
 	if err := ctx.Err(); err != nil {
 		// This caller gave up; followers retry with their own contexts.
-		return e.finish(&st, key, c, outcome{err: err}, nil)
+		return e.finish(st, key, c, outcome{err: err}, nil)
 	}
 
 	// The in-flight marker. Under SyncNone, which promises nothing across a
@@ -558,9 +578,9 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now)}
 	if e.opts.Durability != SyncNone {
 		if err := e.store.put(key, &marker, e.opts.Durability == SyncAll); err != nil {
-			return e.finish(&st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
+			return e.finish(st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
 		}
-		st.marker = &marker
+		st.marked = true
 		if replacesOrphan {
 			e.orphans.Delete(key) // its marker is this call's now
 		}
@@ -568,37 +588,42 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 	e.locks.setRunning(key, c)
 	e.stats.executions.Add(1)
 
-	v, fnErr := callFn(ctx, fn)
+	v, fnErr := fn(ctx)
 	st.fnDone = true
-	return e.complete(&st, key, c, v, fnErr)
+	return e.complete(st, key, c, v, fnErr)
 }
 
-// callFn calls fn. A panic goes on (lead's guard releases the key), and so
-// does runtime.Goexit; but a panic(nil) under GODEBUG=panicnil=1, which
-// recover cannot tell from Goexit (it returns nil for both), becomes a
-// panic with a *runtime.PanicNilError, as it is by default since Go 1.21:
-// the caller gets a panic, the waiting duplicates an error saying fn
-// panicked. As in x/sync/singleflight, the three are told apart by whether
-// fn returned and whether the deferred recover returned: only a recovered
-// panic comes back from the inner function.
-func callFn(ctx context.Context, fn func(context.Context) ([]byte, error)) (v []byte, err error) {
-	returned := false
+// guardPanics calls f. A panic in f goes on (re-raised on the panicking
+// stack, so that its trace shows where it began), unless absorb, if not nil,
+// takes it by returning true; so does runtime.Goexit. A panic(nil) under
+// GODEBUG=panicnil=1, for which recover returns nil as it does during
+// Goexit, goes on as a panic with a *runtime.PanicNilError, as it is by
+// default since Go 1.21: above guardPanics, a deferred recover that gets
+// nil knows that the goroutine is exiting. As in x/sync/singleflight, the
+// two are told apart by whether the inner function comes back: only a
+// recovered panic does.
+func guardPanics(f func(), absorb func(r any) bool) {
+	returned, absorbed := false, false
 	func() {
 		defer func() {
-			if !returned {
-				if r := recover(); r != nil {
-					panic(r) // on the panicking stack, which the trace keeps
-				}
-				// Goexit goes on from here; a panic(nil) stops here.
+			if returned {
+				return
 			}
+			if r := recover(); r != nil {
+				if absorb != nil && absorb(r) {
+					absorbed = true
+					return
+				}
+				panic(r)
+			}
+			// Goexit goes on from here; a panic(nil) stops here.
 		}()
-		v, err = fn(ctx)
+		f()
 		returned = true
 	}()
-	if !returned {
+	if !returned && !absorbed {
 		panic(new(runtime.PanicNilError))
 	}
-	return v, err
 }
 
 // complete stores the outcome of fn.
@@ -606,7 +631,9 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	var tooLarge error
 	switch {
 	case fnErr != nil && !isPermanent(fnErr):
-		e.releaseQuietly(key, st.marker)
+		if st.marked {
+			e.releaseQuietly(key)
+		}
 		return e.finish(st, key, c, outcome{share: true, err: fnErr}, nil)
 	case fnErr != nil && len(fnErr.Error()) > e.opts.MaxValueSize:
 		tooLarge = fmt.Errorf("%w: Permanent error message of %d bytes is above MaxValueSize %d", ErrTooLarge, len(fnErr.Error()), e.opts.MaxValueSize)
@@ -614,7 +641,9 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 		tooLarge = fmt.Errorf("%w: value of %d bytes is above MaxValueSize %d", ErrTooLarge, len(v), e.opts.MaxValueSize)
 	}
 	if tooLarge != nil {
-		e.releaseQuietly(key, st.marker)
+		if st.marked {
+			e.releaseQuietly(key)
+		}
 		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
 
@@ -629,7 +658,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	if err := e.store.put(key, &rec, e.opts.Durability != SyncNone); err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
-		if st.marker != nil {
+		if st.marked {
 			e.orphans.Store(key, struct{}{})
 		}
 		return e.finish(st, key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)}, nil)
@@ -663,16 +692,13 @@ func (e *Engine) expiry(now int64) int64 {
 	return now + e.ttl
 }
 
-// releaseQuietly deletes the in-flight marker of a call whose fn failed (if
-// one was written); under SyncAll durably, so that a crash cannot bring the
+// releaseQuietly deletes the in-flight marker of a call whose fn failed;
+// under SyncAll durably, so that a crash cannot bring the
 // marker back and make the key report ErrInterrupted. If the delete fails,
 // or panics, the marker stays and the key reports ErrInterrupted: safe,
 // since the outcome is then unknown to later calls. (A panic of Pebble's
 // commit does not come back here: store.commit stops the process.)
-func (e *Engine) releaseQuietly(key string, marker *record) {
-	if marker == nil {
-		return
-	}
+func (e *Engine) releaseQuietly(key string) {
 	var err error
 	func() {
 		defer func() {

@@ -20,6 +20,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"github.com/stretchr/testify/require"
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/idemkv/idem"
 	"github.com/idemkv/idem/internal/testproc"
@@ -476,6 +477,11 @@ func TestPanicReleasesTheKeyAndReachesTheCaller(t *testing.T) {
 	require.Equal(t, int64(1), c.runs.Load())
 }
 
+// nilPanicError's Error method calls panic(nil).
+type nilPanicError struct{}
+
+func (nilPanicError) Error() string { panic(nil) }
+
 // panic(nil) in fn is a panic, not a Goexit nor a return: the caller gets a
 // panic, the waiting duplicates an error saying fn panicked, and the key is
 // released. It runs here, where panic(nil) panics with a
@@ -515,6 +521,19 @@ func TestPanicNilIsAPanic(t *testing.T) {
 	res, err := e.Do(context.Background(), "k", nil, c.fn("v"))
 	require.NoError(t, err)
 	require.False(t, res.Replayed)
+
+	// The same for a panic(nil) in user code that Do calls after fn
+	// returned: here the Error method of a Permanent error. fn's effects
+	// happened, so the key reports ErrInterrupted.
+	func() {
+		defer func() { require.ErrorAs(t, recover().(error), &pne) }()
+		e.Do(context.Background(), "after", nil, func(context.Context) ([]byte, error) {
+			return nil, idem.Permanent(nilPanicError{})
+		})
+		t.Error("Do returned after an Error method called panic(nil)")
+	}()
+	_, err = e.Do(context.Background(), "after", nil, c.fn("v"))
+	require.ErrorIs(t, err, idem.ErrInterrupted)
 
 	if os.Getenv("IDEM_TEST_CHILD") == "" {
 		cmd := testproc.Command(t, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.timeout=2m")
@@ -761,6 +780,19 @@ func TestOpenTheSameDirectoryTwiceInOneProcess(t *testing.T) {
 		require.NoError(t, e.Close())
 		open(t, fs, "/db", nil)
 	})
+
+	t.Run("LockedOutside", func(t *testing.T) {
+		// Pebble's lock held by someone else: ErrLocked, and the refused
+		// Open leaves the directory unclaimed in the process.
+		fs := vfs.NewMem()
+		require.NoError(t, fs.MkdirAll("db", 0o755))
+		l, err := fs.Lock("db/LOCK")
+		require.NoError(t, err)
+		_, err = idem.Open("db", &idem.Options{FS: fs})
+		require.ErrorIs(t, err, idem.ErrLocked)
+		require.NoError(t, l.Close())
+		open(t, fs, "db", nil)
+	})
 }
 
 func TestCloseWaitsForCallsInProgressAndRefusesNewOnes(t *testing.T) {
@@ -940,6 +972,23 @@ type charge struct {
 	Source describer
 }
 
+// panickyDecoder's msgpack decoding panics: a bug of the caller's own.
+type panickyDecoder struct{ N int }
+
+func (p *panickyDecoder) DecodeMsgpack(*msgpack.Decoder) error { panic("my decoder's bug") }
+
+// A panic in T's own decoding method is the caller's to see, not a type
+// error.
+func TestDoValueLetsACustomDecodersPanicThrough(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	fn := func(context.Context) (panickyDecoder, error) { return panickyDecoder{N: 1}, nil }
+	_, _, err := idem.DoValue(context.Background(), e, "k", nil, fn)
+	require.NoError(t, err)
+	require.PanicsWithValue(t, "my decoder's bug", func() {
+		idem.DoValue(context.Background(), e, "k", nil, fn)
+	})
+}
+
 // A value that does not decode into T is an error on every replay, and for
 // the concurrent duplicates of the first call: never a panic.
 func TestDoValueOfATypeThatDoesNotDecode(t *testing.T) {
@@ -1079,9 +1128,11 @@ func TestCancelledRetryKeepsAnOrphanInterrupted(t *testing.T) {
 			checkInterrupted()
 
 			var c counter
+			interrupted := e.Stats().Interrupted
 			_, err := e.Do(&lateCancel{Context: context.Background()}, "k", nil, c.fn("v"))
 			require.ErrorIs(t, err, context.Canceled)
 			require.Zero(t, c.runs.Load())
+			require.Equal(t, interrupted+1, e.Stats().Interrupted, "the call did not get as far as the orphan's marker")
 			checkInterrupted()
 
 			// A retry that goes on runs fn and replaces the orphan.

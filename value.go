@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"reflect"
+	"strings"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
@@ -30,7 +32,8 @@ import (
 // key is released, so choose T with care. A stored value that cannot be
 // decoded into T (T changed between deploys, say) is an error matching
 // ErrValueType, returned with the Result; bytes that are not valid msgpack
-// are an error matching ErrCorrupt.
+// are an error matching ErrCorrupt. A panic in T's own decoding method
+// (msgpack.CustomDecoder) reaches the caller.
 func DoValue[T any](ctx context.Context, e *Engine, key string, fingerprint []byte, fn func(ctx context.Context) (T, error)) (T, Result, error) {
 	var (
 		got T
@@ -55,24 +58,38 @@ func DoValue[T any](ctx context.Context, e *Engine, key string, fingerprint []by
 	return v, res, err
 }
 
-// decodeValue decodes the stored value b of key into a T. msgpack's decoder
-// panics for some types (a field of an interface type with methods): that
-// is an error too.
-func decodeValue[T any](key string, b []byte) (v T, err error) {
+// decodeValue decodes the stored value b of key into a T.
+func decodeValue[T any](key string, b []byte) (T, error) {
+	var v T
 	if err := checkBounds(b); err != nil {
 		return v, fmt.Errorf("%w: key %q: the stored value is not valid msgpack: %w", ErrCorrupt, key, err)
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			var zero T
-			v, err = zero, fmt.Errorf("%w: key %q: decoding the stored value as %T: %v", ErrValueType, key, zero, r)
+	var err error
+	guardPanics(func() { err = msgpack.Unmarshal(b, &v) }, func(r any) bool {
+		if !isReflectPanic(r) {
+			return false // a custom decoder's: the caller's to see
 		}
-	}()
-	if err := msgpack.Unmarshal(b, &v); err != nil {
+		err = fmt.Errorf("%v", r)
+		return true
+	})
+	if err != nil {
 		var zero T
 		return zero, fmt.Errorf("%w: key %q: decoding the stored value as %T: %w", ErrValueType, key, zero, err)
 	}
 	return v, nil
+}
+
+// isReflectPanic reports whether r, a recovered panic, is one of package
+// reflect's: what msgpack's decoder raises for a type it cannot decode into
+// (reflect.Set of a map into a field of an interface type with methods).
+func isReflectPanic(r any) bool {
+	switch r := r.(type) {
+	case *reflect.ValueError:
+		return true
+	case string:
+		return strings.HasPrefix(r, "reflect")
+	}
+	return false
 }
 
 // maxDepth bounds the nesting of a value checkBounds accepts.
