@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	mrand "math/rand/v2"
 	"testing"
@@ -268,7 +269,8 @@ func FuzzDecodeRecord(f *testing.F) {
 // OPTIONS before idem could read it.
 func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
 	fs := vfs.NewMem()
-	db, err := pebble.Open("db", &pebble.Options{FS: fs}) // an old format, a WAL to replay
+	quiet := pebbleLogger{slog.New(slog.NewTextHandler(io.Discard, nil))}
+	db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: quiet}) // an old format, a WAL to replay
 	require.NoError(t, err)
 	require.NoError(t, db.Set([]byte("someone else's key"), []byte("v"), pebble.Sync))
 	require.NoError(t, db.Close())
@@ -280,7 +282,7 @@ func TestOpenRefusesAPebbleDatabaseOfAnotherProgram(t *testing.T) {
 		require.Equal(t, before, snapshotDir(t, fs, "db"), "ReadOnly: %v", ro)
 	}
 	// The other program can still open it, with its own key.
-	db, err = pebble.Open("db", &pebble.Options{FS: fs})
+	db, err = pebble.Open("db", &pebble.Options{FS: fs, Logger: quiet})
 	require.NoError(t, err)
 	v, closer, err := db.Get([]byte("someone else's key"))
 	require.NoError(t, err)

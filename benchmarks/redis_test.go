@@ -279,9 +279,12 @@ func openRedis(b *testing.B, addr, mode string, preload []string) doer {
 			}
 			return old, false, err
 		}
-		claimed, err = rdb.SetNX(ctx, key, marker, ttl).Result()
-		if err != nil || claimed {
-			return "", claimed, err
+		// SET key marker EX ttl NX, as SetNX sends it.
+		switch _, err = rdb.SetArgs(ctx, key, marker, redis.SetArgs{Mode: "NX", TTL: ttl}).Result(); {
+		case err == nil:
+			return "", true, nil
+		case !errors.Is(err, redis.Nil):
+			return "", false, err
 		}
 		old, err = rdb.Get(ctx, key).Result()
 		if errors.Is(err, redis.Nil) {
