@@ -188,6 +188,15 @@ func makeDB(t testing.TB) string {
 	}
 	<-started
 	<-started
+	return crashImage(t, mem, e, release, &wg)
+}
+
+// crashImage takes the image of mem that a crash would leave now, with
+// calls still running in e; then lets them end (closing release, waiting
+// for wg), closes e, and copies the image of "db" to a directory on disk,
+// which it returns.
+func crashImage(t testing.TB, mem *vfs.MemFS, e *idem.Engine, release chan struct{}, wg *sync.WaitGroup) string {
+	t.Helper()
 	img := mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
 	close(release)
 	wg.Wait()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -73,17 +72,7 @@ func makeHTTPDB(t testing.TB) string {
 		send(plain, "k-3")
 	}()
 	<-started
-	img := mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
-	close(release)
-	wg.Wait()
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "db")
-	if _, err := vfs.Clone(img, vfs.Default, "db", dir); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return crashImage(t, mem, e, release, &wg)
 }
 
 // TestGetHTTPRecord checks that get shows an idemhttp record as the
