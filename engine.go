@@ -475,9 +475,10 @@ func (e *Engine) replayCached(r *cachedRecord, fp fingerprint) (Result, error) {
 // leadState is what lead and complete know of their call, for the guard that
 // releases the key however they end.
 type leadState struct {
-	finished bool // the key has been released
-	marked   bool // the in-flight marker is stored
-	fnDone   bool // fn has returned normally
+	finished bool  // the key has been released
+	marked   bool  // the in-flight marker is stored
+	fnDone   bool  // fn has returned normally
+	claimed  int64 // when the key was claimed
 }
 
 // lead handles a call that owns its key since now: it reads the record,
@@ -503,12 +504,10 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 		if r != nil {
 			err = &panicError{value: r}
 		}
-		if st.marked {
-			if st.fnDone {
-				e.orphans.Store(key, struct{}{})
-			} else {
-				e.releaseQuietly(key)
-			}
+		if st.fnDone {
+			e.orphan(&st, key, c)
+		} else if st.marked {
+			e.releaseQuietly(key)
 		}
 		e.finish(&st, key, c, outcome{share: true, err: err}, nil)
 		if r != nil {
@@ -563,6 +562,7 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 	// outcome) keeps its flag until its marker is replaced: a call that
 	// gives up before then leaves it reporting StateInterrupted.
 	replacesOrphan := replacing && rec.state == StateInFlight && rec.epoch == e.epoch
+	st.claimed = now
 	if err := ctx.Err(); err != nil {
 		// This caller gave up; followers retry with their own contexts.
 		return e.finish(st, key, c, outcome{err: err}, nil)
@@ -570,13 +570,14 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 
 	// The in-flight marker. Under SyncNone, which promises nothing across a
 	// crash, it is not written: the lock table alone keeps duplicates out.
-	// (So SyncNone has no orphans either.)
+	// (But it is over an orphan's marker, which this call must not leave
+	// behind if fn fails; and an orphan's, see orphan.)
 	e.filter.add(key) // before the key's first write
 	if e.filter.full() {
 		e.rebuildFilter()
 	}
 	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now)}
-	if e.opts.Durability != SyncNone {
+	if e.opts.Durability != SyncNone || replacesOrphan {
 		if err := e.store.put(key, &marker, e.opts.Durability == SyncAll); err != nil {
 			return e.finish(st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
 		}
@@ -658,9 +659,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	if err := e.store.put(key, &rec, e.opts.Durability != SyncNone); err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
-		if st.marked {
-			e.orphans.Store(key, struct{}{})
-		}
+		e.orphan(st, key, c)
 		return e.finish(st, key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)}, nil)
 	}
 	// A new record is not cached: most keys are never retried, and caching
@@ -690,6 +689,23 @@ func (e *Engine) expiry(now int64) int64 {
 		return math.MaxInt64
 	}
 	return now + e.ttl
+}
+
+// orphan makes key, whose fn ran for c but whose outcome cannot be stored,
+// report ErrInterrupted from now on: its in-flight marker stays, flagged as
+// an orphan. Under SyncNone, which wrote no marker before fn, it writes one
+// now (without fsync), so that the key's fn does not run again with no
+// crash in between; if that write fails too, the key is released.
+func (e *Engine) orphan(st *leadState, key string, c *call) {
+	if !st.marked {
+		marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: st.claimed, expires: e.expiry(st.claimed)}
+		if err := e.store.put(key, &marker, false); err != nil {
+			e.logger.Error("idem: fn ran but neither its outcome nor a marker could be stored; a retry will run it again", "error", err)
+			return
+		}
+		st.marked = true
+	}
+	e.orphans.Store(key, struct{}{})
 }
 
 // releaseQuietly deletes the in-flight marker of a call whose fn failed;

@@ -1064,25 +1064,31 @@ func (e *nilMsgError) Error() string { return *e.msg } // panics: msg is nil
 // not leave the key claimed: the next call gets on, with ErrInterrupted
 // since fn's effects happened.
 func TestPanicAfterFnReturnedReleasesTheKey(t *testing.T) {
-	e := open(t, nil, "db", nil)
-	func() {
-		defer func() { require.NotNil(t, recover()) }() // as net/http does for a handler
-		e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
-			return nil, idem.Permanent(&nilMsgError{})
+	// Under SyncNone too, which writes no marker before fn: without a
+	// crash, fn must not run again.
+	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
+		t.Run(d.String(), func(t *testing.T) {
+			e := open(t, nil, "db", &idem.Options{Durability: d})
+			func() {
+				defer func() { require.NotNil(t, recover()) }() // as net/http does for a handler
+				e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
+					return nil, idem.Permanent(&nilMsgError{})
+				})
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var c counter
+			_, err := e.Do(ctx, "k", nil, c.fn("v"))
+			require.ErrorIs(t, err, idem.ErrInterrupted)
+			require.Equal(t, int64(0), c.runs.Load())
+			rec, err := e.Lookup("k")
+			require.NoError(t, err)
+			require.Equal(t, idem.StateInterrupted, rec.State)
+			require.NoError(t, e.Forget("k"))
+			_, err = e.Do(ctx, "k", nil, c.fn("v"))
+			require.NoError(t, err)
 		})
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var c counter
-	_, err := e.Do(ctx, "k", nil, c.fn("v"))
-	require.ErrorIs(t, err, idem.ErrInterrupted)
-	require.Equal(t, int64(0), c.runs.Load())
-	rec, err := e.Lookup("k")
-	require.NoError(t, err)
-	require.Equal(t, idem.StateInterrupted, rec.State)
-	require.NoError(t, e.Forget("k"))
-	_, err = e.Do(ctx, "k", nil, c.fn("v"))
-	require.NoError(t, err)
+	}
 }
 
 // lateCancel is a context that is live when Do first looks at it and
@@ -1101,10 +1107,9 @@ func (c *lateCancel) Err() error {
 
 // An orphan of this process (fn ran, its outcome could not be stored) keeps
 // reporting StateInterrupted when a retry under RetryInterrupted gives up
-// before replacing its marker. (SyncNone writes no markers, so it has no
-// orphans.)
+// before replacing its marker.
 func TestCancelledRetryKeepsAnOrphanInterrupted(t *testing.T) {
-	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult} {
+	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
 		t.Run(d.String(), func(t *testing.T) {
 			e := open(t, nil, "db", &idem.Options{RetryInterrupted: true, Durability: d})
 			func() {
