@@ -268,6 +268,24 @@ func TestConcurrentDuplicatesWaitAndShareTheOutcome(t *testing.T) {
 	require.Equal(t, uint64(n), st.Replays)
 }
 
+// handDeadline is a context whose deadline passes when the test closes
+// passed.
+type handDeadline struct {
+	context.Context
+	passed chan struct{}
+}
+
+func (c *handDeadline) Done() <-chan struct{} { return c.passed }
+
+func (c *handDeadline) Err() error {
+	select {
+	case <-c.passed:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
 func TestWaiterWhoseContextEndsGetsErrInFlight(t *testing.T) {
 	e := open(t, nil, "db", nil)
 	b := newBlocker("v")
@@ -282,11 +300,15 @@ func TestWaiterWhoseContextEndsGetsErrInFlight(t *testing.T) {
 	require.ErrorIs(t, r.err, idem.ErrInFlight)
 	require.ErrorIs(t, r.err, context.Canceled)
 
-	ctx, cancel = context.WithTimeout(context.Background(), time.Millisecond)
-	defer cancel()
-	_, err := e.Do(ctx, "k", nil, b.fn)
-	require.ErrorIs(t, err, idem.ErrInFlight)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
+	// A deadline that passes while the call waits: fired by hand once the
+	// call waits (a timer could fire before Do first looks at ctx).
+	dl := &handDeadline{Context: context.Background(), passed: make(chan struct{})}
+	f = goDo(dl, e, "k", nil, b.fn)
+	eventually(t, func() bool { return e.Stats().Waits == 2 }, "follower did not wait")
+	close(dl.passed)
+	r = waitFor(t, f)
+	require.ErrorIs(t, r.err, idem.ErrInFlight)
+	require.ErrorIs(t, r.err, context.DeadlineExceeded)
 
 	close(b.release)
 	require.NoError(t, waitFor(t, leader).err)
