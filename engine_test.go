@@ -1085,18 +1085,24 @@ func (e *nilMsgError) Error() string { return *e.msg } // panics: msg is nil
 // A panic after fn returned (here in the user error's Error method) must
 // not leave the key claimed: the next call gets on, with ErrInterrupted
 // since fn's effects happened.
+// makeOrphan makes key an orphan of e: fn runs, then storing its outcome
+// panics (a Permanent error whose Error method panics), and the caller
+// recovers the panic as net/http does for a handler.
+func makeOrphan(t *testing.T, e *idem.Engine, key string) {
+	t.Helper()
+	defer func() { require.NotNil(t, recover()) }()
+	e.Do(context.Background(), key, nil, func(context.Context) ([]byte, error) {
+		return nil, idem.Permanent(&nilMsgError{})
+	})
+}
+
 func TestPanicAfterFnReturnedReleasesTheKey(t *testing.T) {
 	// Under SyncNone too, which writes no marker before fn: without a
 	// crash, fn must not run again.
 	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
 		t.Run(d.String(), func(t *testing.T) {
 			e := open(t, nil, "db", &idem.Options{Durability: d})
-			func() {
-				defer func() { require.NotNil(t, recover()) }() // as net/http does for a handler
-				e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
-					return nil, idem.Permanent(&nilMsgError{})
-				})
-			}()
+			makeOrphan(t, e, "k")
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			var c counter
@@ -1134,12 +1140,7 @@ func TestCancelledRetryKeepsAnOrphanInterrupted(t *testing.T) {
 	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
 		t.Run(d.String(), func(t *testing.T) {
 			e := open(t, nil, "db", &idem.Options{RetryInterrupted: true, Durability: d})
-			func() {
-				defer func() { require.NotNil(t, recover()) }()
-				e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
-					return nil, idem.Permanent(&nilMsgError{}) // panics after fn returned: an orphan
-				})
-			}()
+			makeOrphan(t, e, "k")
 			checkInterrupted := func() {
 				t.Helper()
 				rec, err := e.Lookup("k")
@@ -1179,12 +1180,7 @@ func TestFailedRetryOfAnOrphanLeavesNoMarker(t *testing.T) {
 	for _, d := range []idem.Durability{idem.SyncAll, idem.SyncResult, idem.SyncNone} {
 		t.Run(d.String(), func(t *testing.T) {
 			e := open(t, nil, "db", &idem.Options{RetryInterrupted: true, Durability: d})
-			func() {
-				defer func() { require.NotNil(t, recover()) }()
-				e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
-					return nil, idem.Permanent(&nilMsgError{})
-				})
-			}()
+			makeOrphan(t, e, "k")
 			_, err := e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) {
 				return nil, errors.New("transient")
 			})

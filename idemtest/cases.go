@@ -187,14 +187,7 @@ func testConcurrentDuplicates(t *testing.T, s *suite) {
 	close(start)
 	wg.Wait()
 	close(results)
-	fresh := 0
-	for r := range results {
-		require.NoError(t, r.err)
-		require.Equal(t, []byte("shared"), r.res.Value)
-		if !r.res.Replayed {
-			fresh++
-		}
-	}
+	fresh := sharedOutcome(t, results, "shared")
 	require.Equal(t, int64(1), runs.Load(), "fn runs")
 	require.Equal(t, 1, fresh, "calls with Replayed false")
 	st := v.e.Stats()
@@ -1109,14 +1102,7 @@ func testSharedConcurrentDuplicates(t *testing.T, s *suite) {
 	close(start)
 	wg.Wait()
 	close(results)
-	fresh := 0
-	for r := range results {
-		require.NoError(t, r.err)
-		require.Equal(t, []byte("shared"), r.res.Value)
-		if !r.res.Replayed {
-			fresh++
-		}
-	}
+	fresh := sharedOutcome(t, results, "shared")
 	require.Equal(t, int64(1), runs.Load())
 	require.Equal(t, 1, fresh)
 }

@@ -199,3 +199,17 @@ func keys(t *testing.T, seq func(func(idem.Record, error) bool)) []string {
 	}
 	return ks
 }
+
+// sharedOutcome checks that every outcome on results, which is closed,
+// succeeded with the value want, and returns how many were not replays.
+func sharedOutcome(t *testing.T, results <-chan doResult, want string) (fresh int) {
+	t.Helper()
+	for r := range results {
+		require.NoError(t, r.err)
+		require.Equal(t, []byte(want), r.res.Value)
+		if !r.res.Replayed {
+			fresh++
+		}
+	}
+	return fresh
+}
