@@ -72,7 +72,7 @@ func benchEngine(b *testing.B, o Options) *Engine {
 func benchDB(b *testing.B, fs vfs.FS) *pebble.DB {
 	b.Helper()
 	e := benchEngine(b, Options{FS: fs})
-	return e.db
+	return e.local.db
 }
 
 // reportFsyncs reports the calls per fsync since syncs0, if any fsync was
@@ -153,11 +153,11 @@ func loadRecords(b *testing.B, e *Engine, n int) {
 	now := e.now()
 	const batch = 10000
 	for start := 0; start < n; start += batch {
-		bt := e.db.NewBatch()
+		bt := e.local.db.NewBatch()
 		for i := start; i < min(start+batch, n); i++ {
 			key := benchKey(int64(i))
 			e.filter.add(key) // as the key's owner would, before writing it
-			r := record{state: StateCompleted, epoch: e.epoch, created: now, expires: now + e.ttl, value: benchValue}
+			r := StoredRecord{State: StateCompleted, Owner: e.owner, Created: now, Expires: now + e.ttl, Value: benchValue}
 			bt.Set(recordKey(key), r.encode(), nil)
 		}
 		if err := bt.Commit(pebble.NoSync); err != nil {
@@ -165,7 +165,7 @@ func loadRecords(b *testing.B, e *Engine, n int) {
 		}
 		bt.Close()
 	}
-	if err := e.db.Flush(); err != nil {
+	if err := e.local.db.Flush(); err != nil {
 		b.Fatal(err)
 	}
 	if err := e.Compact(context.Background()); err != nil {
@@ -267,7 +267,7 @@ func BenchmarkFloorPebble(b *testing.B) {
 			b.Run(fmt.Sprintf("Get/%s/callers=%d", set.name, callers), func(b *testing.B) {
 				b.ReportAllocs()
 				runCallers(b, callers, func(i int64) {
-					v, closer, err := e.db.Get(keys[randKey(i, set.keys)])
+					v, closer, err := e.local.db.Get(keys[randKey(i, set.keys)])
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -363,7 +363,7 @@ func BenchmarkScale(b *testing.B) {
 	}
 	wg.Wait()
 	load := time.Since(start)
-	if err := e.db.Flush(); err != nil {
+	if err := e.local.db.Flush(); err != nil {
 		b.Fatal(err)
 	}
 	if err := e.Compact(ctx); err != nil {
@@ -373,7 +373,7 @@ func BenchmarkScale(b *testing.B) {
 	// shortly after it returns: the figure is taken once they are gone, so
 	// that it is the space the records hold rather than a moment's.
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if m := e.db.Metrics(); m.Table.Local.ObsoleteSize+m.Table.Local.ZombieSize == 0 {
+		if m := e.local.db.Metrics(); m.Table.Local.ObsoleteSize+m.Table.Local.ZombieSize == 0 {
 			break
 		}
 	}

@@ -17,25 +17,25 @@ import (
 )
 
 // encodeMsgpack encodes r with the library, field by field.
-func encodeMsgpack(r *record) []byte {
+func encodeMsgpack(r *StoredRecord) []byte {
 	var buf bytes.Buffer
 	e := msgpack.NewEncoder(&buf)
 	_ = e.EncodeArrayLen(recordFields)
 	_ = e.EncodeUint(recordVersion)
-	_ = e.EncodeUint(uint64(r.state))
-	_ = e.EncodeBytes(r.fp.bytes())
-	_ = e.EncodeUint(r.epoch)
-	_ = e.EncodeInt(r.created)
-	_ = e.EncodeInt(r.expires)
-	_ = e.EncodeBytes(r.value)
-	_ = e.EncodeString(r.errMsg)
+	_ = e.EncodeUint(uint64(r.State))
+	_ = e.EncodeBytes(r.Fingerprint.Bytes())
+	_ = e.EncodeUint(r.Owner)
+	_ = e.EncodeInt(r.Created)
+	_ = e.EncodeInt(r.Expires)
+	_ = e.EncodeBytes(r.Value)
+	_ = e.EncodeString(r.Err)
 	return buf.Bytes()
 }
 
 // decodeMsgpack decodes a record with the library's Decoder, with the same
 // checks as decodeRecord.
-func decodeMsgpack(b []byte) (record, error) {
-	var r record
+func decodeMsgpack(b []byte) (StoredRecord, error) {
+	var r StoredRecord
 	rd := bytes.NewReader(b)
 	d := msgpack.NewDecoder(rd)
 	n, err := d.DecodeArrayLen()
@@ -56,7 +56,7 @@ func decodeMsgpack(b []byte) (record, error) {
 	if state < uint64(StateInFlight) || state > uint64(StateFailed) || state == uint64(StateInterrupted) {
 		return r, fmt.Errorf("state %d", state)
 	}
-	r.state = State(state)
+	r.State = State(state)
 	readBytes := func() ([]byte, error) {
 		n, err := d.DecodeBytesLen()
 		if err != nil || n < 0 {
@@ -76,24 +76,24 @@ func decodeMsgpack(b []byte) (record, error) {
 	if len(fp) > sha256.Size {
 		return r, fmt.Errorf("fingerprint of %d bytes", len(fp))
 	}
-	r.fp.n = uint8(copy(r.fp.b[:], fp))
-	if r.epoch, err = d.DecodeUint64(); err != nil {
+	r.Fingerprint.n = uint8(copy(r.Fingerprint.b[:], fp))
+	if r.Owner, err = d.DecodeUint64(); err != nil {
 		return r, err
 	}
-	if r.created, err = d.DecodeInt64(); err != nil {
+	if r.Created, err = d.DecodeInt64(); err != nil {
 		return r, err
 	}
-	if r.expires, err = d.DecodeInt64(); err != nil {
+	if r.Expires, err = d.DecodeInt64(); err != nil {
 		return r, err
 	}
-	if r.value, err = readBytes(); err != nil {
+	if r.Value, err = readBytes(); err != nil {
 		return r, err
 	}
 	msg, err := readBytes()
 	if err != nil {
 		return r, err
 	}
-	r.errMsg = string(msg)
+	r.Err = string(msg)
 	if rd.Len() != 0 {
 		return r, fmt.Errorf("%d bytes left", rd.Len())
 	}
@@ -110,17 +110,17 @@ var codecBoundaries = []int64{
 var codecLengths = []int{0, 1, 31, 32, 255, 256, 65535, 65536}
 
 func TestRecordEncodingMatchesMsgpack(t *testing.T) {
-	var recs []record
+	var recs []StoredRecord
 	for _, n := range codecBoundaries {
 		recs = append(recs,
-			record{state: StateInFlight, epoch: uint64(n), created: n, expires: n},
-			record{state: StateCompleted, epoch: uint64(n), created: -n, expires: n ^ 1, value: []byte{}})
+			StoredRecord{State: StateInFlight, Owner: uint64(n), Created: n, Expires: n},
+			StoredRecord{State: StateCompleted, Owner: uint64(n), Created: -n, Expires: n ^ 1, Value: []byte{}})
 	}
 	for _, n := range codecLengths {
 		fp := bytes.Repeat([]byte{'f'}, n)
 		recs = append(recs,
-			record{state: StateCompleted, fp: digest(fp), value: bytes.Repeat([]byte{'v'}, n)},
-			record{state: StateFailed, fp: digest(fp), errMsg: string(bytes.Repeat([]byte{'e'}, n))})
+			StoredRecord{State: StateCompleted, Fingerprint: digest(fp), Value: bytes.Repeat([]byte{'v'}, n)},
+			StoredRecord{State: StateFailed, Fingerprint: digest(fp), Err: string(bytes.Repeat([]byte{'e'}, n))})
 	}
 	for _, r := range recs {
 		got := r.encode()
@@ -159,7 +159,7 @@ func TestDecodeAcceptsEveryIntegerForm(t *testing.T) {
 		require.Equal(t, wantErr == nil, err == nil, "%s: %v / %v", name, wantErr, err)
 		require.Equal(t, want, got, name)
 		if name != "nil" {
-			require.EqualValues(t, 7, got.epoch, name)
+			require.EqualValues(t, 7, got.Owner, name)
 		}
 	}
 }
@@ -174,7 +174,7 @@ func FuzzRecordCodec(f *testing.F) {
 		} else if value == nil {
 			value = []byte{}
 		}
-		r := record{state: State(state), fp: digest(fp), epoch: epoch, created: created, expires: expires, value: value, errMsg: errMsg}
+		r := StoredRecord{State: State(state), Fingerprint: digest(fp), Owner: epoch, Created: created, Expires: expires, Value: value, Err: errMsg}
 		got := r.encode()
 		if want := encodeMsgpack(&r); !bytes.Equal(got, want) {
 			t.Fatalf("encoding of %+v:\n got %x\nwant %x", r, got, want)
@@ -183,9 +183,9 @@ func FuzzRecordCodec(f *testing.F) {
 			t.Fatalf("encodedSize %d, encoded %d bytes", r.encodedSize(), len(got))
 		}
 		back, err := decodeRecord(got)
-		if r.state != StateInFlight && r.state != StateCompleted && r.state != StateFailed {
+		if r.State != StateInFlight && r.State != StateCompleted && r.State != StateFailed {
 			if err == nil {
-				t.Fatalf("state %d decoded", r.state)
+				t.Fatalf("state %d decoded", r.State)
 			}
 			return
 		}
@@ -199,8 +199,8 @@ func FuzzRecordCodec(f *testing.F) {
 }
 
 // recordsEqual compares records as stored: nil and empty values differ.
-func recordsEqual(a, b record) bool {
-	return a.state == b.state && a.fp == b.fp && a.epoch == b.epoch && a.created == b.created &&
-		a.expires == b.expires && (a.value == nil) == (b.value == nil) && bytes.Equal(a.value, b.value) &&
-		a.errMsg == b.errMsg && a.size == b.size
+func recordsEqual(a, b StoredRecord) bool {
+	return a.State == b.State && a.Fingerprint == b.Fingerprint && a.Owner == b.Owner && a.Created == b.Created &&
+		a.Expires == b.Expires && (a.Value == nil) == (b.Value == nil) && bytes.Equal(a.Value, b.Value) &&
+		a.Err == b.Err
 }

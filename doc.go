@@ -48,11 +48,25 @@
 // about TTL/8, and deletes the expired ones; Pebble's compactions turn the
 // deletions into free disk space. Sweep makes a whole pass now.
 //
+// # Other stores, and several replicas
+//
+// Open keeps the records in Pebble, in one directory that one Engine at a
+// time can have open. New runs the same engine on any Store: the seam
+// between what the engine decides (the lock table, replays, Permanent
+// errors, expiry) and where records live, with its contract in Store's doc.
+// A store that several engines share, such as the JetStream key-value bucket
+// of package github.com/idemkv/idem/idemnats, keeps the contract across all
+// of them: fn runs once per key among every replica of a service, a
+// duplicate on another engine waits for the claim's outcome, and a claim
+// whose engine died reports ErrInterrupted everywhere. The package idemtest
+// is the conformance suite every store passes.
+//
 // # Caveats
 //
-//   - Exactly once holds within one directory, which one Engine at a time can
-//     have open (another Open returns ErrLocked). Two processes on two
-//     directories coordinate nothing.
+//   - With Open, exactly once holds within one directory, which one Engine
+//     at a time can have open (another Open returns ErrLocked). Two
+//     processes on two directories coordinate nothing: for several
+//     replicas, use a shared store.
 //   - fn's side effects outside the engine are fn's business: the engine
 //     guarantees that fn is not called twice for a key, not that a
 //     half-finished fn is undone.

@@ -5,19 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io/fs"
 	"iter"
 	"log/slog"
 	"math"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
 )
 
 // Errors returned by the engine. Match them with errors.Is: the engine may
@@ -151,20 +145,24 @@ func (e *inFlightError) Error() string {
 
 func (e *inFlightError) Unwrap() []error { return []error{ErrInFlight, e.ctxErr} }
 
-// Engine is an idempotency engine on a Pebble database. Its methods are safe
-// for concurrent use.
+// Engine is an idempotency engine on a Store: Pebble's (Open), or any other
+// (New). Its methods are safe for concurrent use.
 type Engine struct {
 	opts   Options
 	logger *slog.Logger
-	db     *pebble.DB
-	lock   *pebble.Lock
-	// releaseDir forgets the directory in this process's register of open
-	// directories (dirlock.go), once Close has released its lock.
-	releaseDir func()
-	store      store
-	locks      lockTable
-	epoch      uint64
-	ttl        int64 // opts.TTL in nanoseconds
+	store  Store
+	// local is the store when it is the built-in Pebble one, for what only
+	// it has: the key filter, the sweep's expiry scans, compaction and
+	// Pebble's figures. Nil for any other store.
+	local *pebbleStore
+	// shared is StoreInfo.Shared: other engines use the same records.
+	shared       bool
+	watcher      Watcher  // the store's, or nil
+	liveness     Liveness // the store's, or nil
+	storeSweeper Sweeper  // the store's, or nil (Pebble's sweeps through local)
+	locks        lockTable
+	owner        uint64 // StoreInfo.Owner: this engine's identity in its records
+	ttl          int64  // opts.TTL in nanoseconds
 
 	// state counts the calls in progress, with closedBit set once Close has
 	// begun. drained is closed when the count falls to zero after that.
@@ -193,175 +191,61 @@ type Engine struct {
 
 const closedBit = 1 << 62
 
-// Open opens the engine's database in dir, creating it if needed. A nil opts
-// means the defaults. Only one Engine can have a directory open at a time:
-// another Open of it, from this process or another, returns an error that
-// matches ErrLocked.
-//
-// Each Open advances the directory's epoch, so that in-flight markers left by
-// earlier processes are told apart from this one's: their keys report
-// ErrInterrupted.
-func Open(dir string, opts *Options) (*Engine, error) {
+// New returns an Engine on s, which it owns from then on: Close closes it,
+// also when New fails. A nil opts means the defaults. The options that only
+// the Pebble store has (Durability, CacheSize, FS, ReadOnly) must be left
+// zero, and RecordCacheSize too for a shared store (StoreInfo.Shared),
+// whose records other engines may change: New returns an error naming the
+// first that is set.
+func New(s Store, opts *Options) (*Engine, error) {
+	if s == nil {
+		return nil, errors.New("idem: New called with a nil Store")
+	}
 	o, err := opts.withDefaults()
+	if err == nil {
+		err = o.checkGeneric(opts, s.Info().Shared)
+	}
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
-	if o.ReadOnly {
-		// Look before locking: locking creates a LOCK file.
-		desc, err := pebble.Peek(dir, o.FS)
-		if err != nil || !desc.Exists {
-			return nil, fmt.Errorf("%w: %s: no database there", ErrNotDatabase, dir)
-		}
-	} else if err := o.FS.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
-	}
-	releaseDir, err := claimDir(o.FS, dir)
-	if err != nil {
-		return nil, err
-	}
-	var (
-		lock *pebble.Lock
-		e    *Engine
-	)
-	defer func() {
-		// Also if Pebble panics, and the caller recovers: the directory
-		// must not stay claimed.
-		if e == nil {
-			if lock != nil {
-				lock.Close()
-			}
-			releaseDir()
-		}
-	}()
-	lock, err = pebble.LockDirectory(dir, o.FS)
-	if err != nil {
-		lock = nil
-		if isLockConflict(err) {
-			return nil, fmt.Errorf("%w: %s is open in another Engine or process", ErrLocked, dir)
-		}
-		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
-	}
-	if e, err = open(dir, o, lock); err != nil {
-		e = nil
-		return nil, err
-	}
-	e.releaseDir = releaseDir
-	return e, nil
+	return newEngine(s, o), nil
 }
 
-// pebbleOptions returns the options of the engine's Pebble database.
-func pebbleOptions(o *Options, lock *pebble.Lock, readOnly bool) *pebble.Options {
-	po := &pebble.Options{
-		FS:                 o.FS,
-		Lock:               lock,
-		CacheSize:          o.CacheSize,
-		FormatMajorVersion: pebble.FormatValueSeparation,
-		Logger:             pebbleLogger{o.Logger},
-		ReadOnly:           readOnly,
-	}
-	for i := range po.Levels {
-		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-	}
-	return po
-}
-
-// open opens the database in dir, whose lock the caller holds, and starts
-// the engine on it.
-func open(dir string, o Options, lock *pebble.Lock) (*Engine, error) {
-	if !o.ReadOnly {
-		// A writable Open changes a database before it can read it (Pebble
-		// ratchets its format, flushes its log, writes a new MANIFEST and
-		// OPTIONS), so an existing database is first read read-only: one
-		// that idem did not write, or of a format this version does not
-		// know, is refused without a byte of it changed.
-		desc, err := pebble.Peek(dir, o.FS)
-		if err != nil {
-			return nil, fmt.Errorf("idem: open %s: %w", dir, err)
-		}
-		if desc.Exists {
-			if err := checkDatabase(dir, &o, lock); err != nil {
-				return nil, err
-			}
-		}
-	}
-	po := pebbleOptions(&o, lock, o.ReadOnly)
-	db, err := pebble.Open(dir, po)
-	if err != nil {
-		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
-	}
+// newEngine starts an engine with options o on s.
+func newEngine(s Store, o Options) *Engine {
+	info := s.Info()
 	e := &Engine{
 		opts:    o,
 		logger:  o.Logger,
-		db:      db,
-		lock:    lock,
-		store:   store{db: db, log: po.Logger.(pebbleLogger)},
+		store:   s,
+		shared:  info.Shared,
+		owner:   info.Owner,
 		ttl:     int64(o.TTL),
 		drained: make(chan struct{}),
 		closed:  make(chan struct{}),
 	}
-	e.locks.init(o.RecordCacheSize)
-	if e.epoch, err = e.store.openMeta(o.ReadOnly); err != nil {
-		db.Close()
-		return nil, openMetaError(dir, err)
+	e.local, _ = s.(*pebbleStore)
+	e.watcher, _ = s.(Watcher)
+	e.liveness, _ = s.(Liveness)
+	e.storeSweeper, _ = s.(Sweeper)
+	cache := o.RecordCacheSize
+	if e.shared {
+		cache = -1 // another engine may Forget a record
 	}
-	if !o.ReadOnly {
-		if err := e.store.dropOldIndex(); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("idem: open %s: %w", dir, err)
-		}
-	}
+	e.locks.init(cache)
 	e.bgCtx, e.stopBackground = context.WithCancel(context.Background())
 	if !o.ReadOnly {
-		e.filter.seed, e.filter.minKeys = maphash.MakeSeed(), filterMinKeys
-		e.rebuildFilter()
-		if o.SweepInterval > 0 {
+		if e.local != nil {
+			e.filter.seed, e.filter.minKeys = maphash.MakeSeed(), filterMinKeys
+			e.rebuildFilter()
+		}
+		if o.SweepInterval > 0 && (e.local != nil || e.storeSweeper != nil) {
 			e.sweeperDone.Add(1)
 			go e.sweeper(e.bgCtx, o.SweepInterval)
 		}
 	}
-	return e, nil
-}
-
-// checkDatabase opens the existing database in dir read-only, with the lock
-// the caller holds, and returns the error a writable Open would meet in its
-// metadata: ErrNotDatabase for a database that idem did not write, an error
-// for a format this version cannot read. An empty database passes: a
-// writable Open that died before its first commit leaves one.
-func checkDatabase(dir string, o *Options, lock *pebble.Lock) error {
-	po := pebbleOptions(o, lock, true)
-	db, err := pebble.Open(dir, po)
-	if err != nil {
-		return fmt.Errorf("idem: open %s: %w", dir, err)
-	}
-	s := store{db: db, log: po.Logger.(pebbleLogger)}
-	_, err = s.openMeta(true)
-	cerr := db.Close()
-	switch {
-	case err != nil && err != errEmptyDatabase:
-		return openMetaError(dir, err)
-	case cerr != nil:
-		return fmt.Errorf("idem: open %s: %w", dir, cerr)
-	}
-	return nil
-}
-
-// openMetaError returns the error of Open for err of store.openMeta.
-func openMetaError(dir string, err error) error {
-	if nd := (*notDatabaseError)(nil); errors.As(err, &nd) {
-		return fmt.Errorf("%w: %s: %s", ErrNotDatabase, dir, nd.reason)
-	}
-	return fmt.Errorf("idem: open %s: %w", dir, err)
-}
-
-// isLockConflict reports whether err from pebble.LockDirectory means that
-// the lock is held, rather than that the lock file could not be made.
-func isLockConflict(err error) bool {
-	var pathErr *fs.PathError
-	if errors.As(err, &pathErr) {
-		return false // creating the LOCK file failed
-	}
-	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) ||
-		strings.Contains(err.Error(), "lock held by current process")
+	return e
 }
 
 // enter registers a call in progress; it returns false once Close has begun.
@@ -458,7 +342,7 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 }
 
 // replayCached answers a call from a cached record.
-func (e *Engine) replayCached(r *cachedRecord, fp fingerprint) (Result, error) {
+func (e *Engine) replayCached(r *cachedRecord, fp Fingerprint) (Result, error) {
 	if r.fp != fp {
 		e.stats.mismatches.Add(1)
 		return Result{}, ErrFingerprintMismatch
@@ -475,10 +359,11 @@ func (e *Engine) replayCached(r *cachedRecord, fp fingerprint) (Result, error) {
 // leadState is what lead and complete know of their call, for the guard that
 // releases the key however they end.
 type leadState struct {
-	finished bool  // the key has been released
-	marked   bool  // the in-flight marker is stored
-	fnDone   bool  // fn has returned normally
-	claimed  int64 // when the key was claimed
+	finished bool   // the key has been released
+	marked   bool   // the in-flight marker is stored
+	fnDone   bool   // fn has returned normally
+	claimed  int64  // when the key was claimed
+	rev      uint64 // the store's revision of the marker, if marked
 }
 
 // lead handles a call that owns its key since now: it reads the record,
@@ -507,7 +392,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 		if st.fnDone {
 			e.orphan(&st, key, c)
 		} else if st.marked {
-			e.releaseQuietly(key)
+			e.releaseQuietly(key, st.rev)
 		}
 		e.finish(&st, key, c, outcome{share: true, err: err}, nil)
 		if r != nil {
@@ -519,72 +404,128 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 }
 
 // leadOwned is lead's work, under lead's guard.
+//
+// With a store of its own (Pebble's), the engine reads the key's record and
+// then claims the key with a plain write: its lock table keeps every other
+// call out. With a shared store it claims first, with Create, since most
+// keys are new: a claim that another engine won is read then, and decided
+// on like any record. Either way every decision rests on the store's
+// atomic writes (see Store).
 func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error), st *leadState) (Result, error) {
 	var (
-		rec   record
-		found bool
-		err   error
+		rec   StoredRecord
+		rev   uint64
+		found bool // the key has a record, rec, expired or not
+		known bool // rec and found are what the store holds
+		waits int  // times this call waited for another engine's claim
 	)
-	if !e.filter.absent(key) {
-		rec, found, err = e.store.get(key)
-		if err != nil {
-			return e.finish(st, key, c, outcome{share: true, err: err}, nil)
+	if !e.shared {
+		known = true
+		if e.local == nil || !e.filter.absent(key) {
+			var err error
+			if rec, rev, found, err = e.read(ctx, key); err != nil {
+				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
+			}
 		}
 	}
-	replacing := found // the key has a record, which a new one replaces
-	if found && rec.expired(now) {
-		found = false
-	}
-	if found {
-		if rec.fp != c.fp {
-			e.stats.mismatches.Add(1)
-			return e.finish(st, key, c, outcome{share: true, err: ErrFingerprintMismatch}, &rec)
-		}
-		switch rec.state {
-		case StateCompleted:
-			e.stats.replays.Add(1)
-			return e.finish(st, key, c, outcome{share: true, res: rec.result(true)}, &rec)
-		case StateFailed:
-			e.stats.replays.Add(1)
-			return e.finish(st, key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.errMsg)}}, &rec)
-		default:
-			// An in-flight marker, found by the key's owner: either an
-			// earlier process's (an earlier epoch), or one of this
-			// process whose call could not store its outcome. Either way
-			// fn's outcome is unknown.
+	for {
+		if known && found && !rec.Expired(now) {
+			if rec.Fingerprint != c.fp {
+				e.stats.mismatches.Add(1)
+				return e.finish(st, key, c, outcome{share: true, err: ErrFingerprintMismatch}, &rec)
+			}
+			switch rec.State {
+			case StateCompleted:
+				e.stats.replays.Add(1)
+				return e.finish(st, key, c, outcome{share: true, res: rec.result(true)}, &rec)
+			case StateFailed:
+				e.stats.replays.Add(1)
+				return e.finish(st, key, c, outcome{share: true, res: rec.result(true), err: &PermanentError{Err: errors.New(rec.Err)}}, &rec)
+			}
+			// An in-flight marker, found by the key's owner in this
+			// engine: another engine's claim, if that engine is alive;
+			// otherwise a claim whose fn was cut off (an earlier
+			// process's, a dead engine's, or one of this engine whose
+			// call could not store its outcome). Its outcome is unknown.
+			live, err := e.claimAlive(ctx, &rec)
+			if err != nil {
+				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
+			}
+			if live {
+				if e.opts.NoWait {
+					e.stats.conflicts.Add(1)
+					return e.finish(st, key, c, outcome{share: true, err: ErrInFlight}, nil)
+				}
+				if waits == 0 {
+					e.stats.waits.Add(1)
+				}
+				if err := e.waitClaim(ctx, key, rev, waits); err != nil {
+					e.stats.conflicts.Add(1)
+					// Not shared: the followers in this engine wait
+					// with their own contexts.
+					return e.finish(st, key, c, outcome{err: &inFlightError{ctxErr: err}}, nil)
+				}
+				waits++
+				if rec, rev, found, err = e.read(ctx, key); err != nil {
+					return e.finish(st, key, c, outcome{share: true, err: err}, nil)
+				}
+				now = e.now()
+				continue
+			}
 			e.stats.interrupted.Add(1)
 			if !e.opts.RetryInterrupted {
 				return e.finish(st, key, c, outcome{share: true, err: ErrInterrupted}, nil)
 			}
 		}
-	}
-	// An orphan of this process (a marker whose call could not store its
-	// outcome) keeps its flag until its marker is replaced: a call that
-	// gives up before then leaves it reporting StateInterrupted.
-	replacesOrphan := replacing && rec.state == StateInFlight && rec.epoch == e.epoch
-	st.claimed = now
-	if err := ctx.Err(); err != nil {
-		// This caller gave up; followers retry with their own contexts.
-		return e.finish(st, key, c, outcome{err: err}, nil)
-	}
-
-	// The in-flight marker. Under SyncNone, which promises nothing across a
-	// crash, it is not written: the lock table alone keeps duplicates out.
-	// (But it is over an orphan's marker, which this call must not leave
-	// behind if fn fails; and an orphan's, see orphan.)
-	e.filter.add(key) // before the key's first write
-	if e.filter.full() {
-		e.rebuildFilter()
-	}
-	marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: now, expires: e.expiry(now)}
-	if e.opts.Durability != SyncNone || replacesOrphan {
-		if err := e.store.put(key, &marker, e.opts.Durability == SyncAll); err != nil {
+		st.claimed = now
+		if err := ctx.Err(); err != nil {
+			// This caller gave up; followers retry with their own contexts.
+			return e.finish(st, key, c, outcome{err: err}, nil)
+		}
+		// An orphan of this engine (a marker whose call could not store its
+		// outcome) keeps its flag until its marker is replaced: a call that
+		// gives up before then leaves it reporting StateInterrupted.
+		replacesOrphan := known && found && rec.State == StateInFlight && rec.Owner == e.owner
+		if e.local != nil {
+			e.filter.add(key) // before the key's first write
+			if e.filter.full() {
+				e.rebuildFilter()
+			}
+		}
+		// The in-flight marker. Under SyncNone, which promises nothing
+		// across a crash, Pebble's store does not write it: the lock table
+		// alone keeps duplicates out. (But it is over an orphan's marker,
+		// which this call must not leave behind if fn fails; and an
+		// orphan's, see orphan.)
+		if e.opts.Durability == SyncNone && !replacesOrphan {
+			break
+		}
+		marker := StoredRecord{State: StateInFlight, Fingerprint: c.fp, Owner: e.owner, Created: now, Expires: e.expiry(now)}
+		var err error
+		if known && found {
+			rev, err = e.store.Update(ctx, key, marker, rev, WriteClaim)
+		} else {
+			rev, err = e.store.Create(ctx, key, marker, WriteClaim)
+		}
+		if errors.Is(err, ErrStoreConflict) && e.shared {
+			// Another engine wrote the key since it was read (or it has
+			// a record Create did not know of): read it and decide again.
+			if rec, rev, found, err = e.read(ctx, key); err != nil {
+				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
+			}
+			known, now = true, e.now()
+			continue
+		}
+		if err != nil {
 			return e.finish(st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
 		}
-		st.marked = true
-		if replacesOrphan {
-			e.orphans.Delete(key) // its marker is this call's now
+		st.marked, st.rev = true, rev
+		if replacesOrphan || e.shared {
+			// Its marker is this call's now. (In a shared store an
+			// orphan's marker has owner 0, see orphan.)
+			e.orphans.Delete(key)
 		}
+		break
 	}
 	e.locks.setRunning(key, c)
 	e.stats.executions.Add(1)
@@ -592,6 +533,53 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 	v, fnErr := fn(ctx)
 	st.fnDone = true
 	return e.complete(st, key, c, v, fnErr)
+}
+
+// read returns key's record and its revision, with found false if it has
+// none.
+func (e *Engine) read(ctx context.Context, key string) (rec StoredRecord, rev uint64, found bool, err error) {
+	rec, rev, err = e.store.Get(ctx, key)
+	switch {
+	case err == nil:
+		return rec, rev, true, nil
+	case errors.Is(err, ErrNotFound):
+		return StoredRecord{}, 0, false, nil
+	}
+	return StoredRecord{}, 0, false, err
+}
+
+// claimAlive reports whether r, an in-flight marker that has not expired and
+// that no call of this engine holds, is the claim of another engine that is
+// still running: one that the store's Liveness says is alive. A marker of
+// owner 0 (a claim whose engine could not store its outcome, see orphan) is
+// never alive, nor is one of this engine's own.
+func (e *Engine) claimAlive(ctx context.Context, r *StoredRecord) (bool, error) {
+	if r.Owner == e.owner || r.Owner == 0 || e.liveness == nil {
+		return false, nil
+	}
+	alive, err := e.liveness.Alive(ctx, r.Owner)
+	if err != nil {
+		return false, fmt.Errorf("idem: asking whether the engine that claimed the key is alive: %w", err)
+	}
+	return alive, nil
+}
+
+// waitClaim waits until key's record may no longer be at revision rev,
+// another engine's claim: through the store's Watcher, or else by sleeping
+// a while, longer each time (the call's waits so far). It returns ctx's
+// error if ctx ends first.
+func (e *Engine) waitClaim(ctx context.Context, key string, rev uint64, waits int) error {
+	if e.watcher != nil {
+		return e.watcher.Watch(ctx, key, rev)
+	}
+	t := time.NewTimer(min(10*time.Millisecond<<min(waits, 7), time.Second))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // guardPanics calls f. A panic in f goes on (re-raised on the panicking
@@ -633,7 +621,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	switch {
 	case fnErr != nil && !isPermanent(fnErr):
 		if st.marked {
-			e.releaseQuietly(key)
+			e.releaseQuietly(key, st.rev)
 		}
 		return e.finish(st, key, c, outcome{share: true, err: fnErr}, nil)
 	case fnErr != nil && len(fnErr.Error()) > e.opts.MaxValueSize:
@@ -643,20 +631,27 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	}
 	if tooLarge != nil {
 		if st.marked {
-			e.releaseQuietly(key)
+			e.releaseQuietly(key, st.rev)
 		}
 		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
 
 	stored := e.now()
-	rec := record{state: StateCompleted, fp: c.fp, epoch: e.epoch, created: stored, expires: e.expiry(stored), value: v}
+	rec := StoredRecord{State: StateCompleted, Fingerprint: c.fp, Owner: e.owner, Created: stored, Expires: e.expiry(stored), Value: v}
 	if fnErr != nil {
-		rec.state, rec.value, rec.errMsg = StateFailed, nil, fnErr.Error()
+		rec.State, rec.Value, rec.Err = StateFailed, nil, fnErr.Error()
 	}
-	// The key stays claimed until this commit has returned: Pebble makes a
+	// The key stays claimed until this write has returned: Pebble makes a
 	// synced commit visible before its fsync ends, and no duplicate may be
-	// answered from a record that is not yet durable.
-	if err := e.store.put(key, &rec, e.opts.Durability != SyncNone); err != nil {
+	// answered from a record that is not yet durable. (Context.Background:
+	// fn has run, and its outcome is stored whatever the caller's ctx.)
+	var err error
+	if st.marked {
+		_, err = e.store.Update(context.Background(), key, rec, st.rev, WriteResult)
+	} else {
+		_, err = e.store.Create(context.Background(), key, rec, WriteResult)
+	}
+	if err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
 		e.orphan(st, key, c)
@@ -695,15 +690,24 @@ func (e *Engine) expiry(now int64) int64 {
 // report ErrInterrupted from now on: its in-flight marker stays, flagged as
 // an orphan. Under SyncNone, which wrote no marker before fn, it writes one
 // now (without fsync), so that the key's fn does not run again with no
-// crash in between; if that write fails too, the key is released.
+// crash in between; if that write fails too, the key is released. In a
+// shared store the marker is written again with owner 0, so that every
+// engine, not only this one, sees the claim as interrupted.
 func (e *Engine) orphan(st *leadState, key string, c *call) {
-	if !st.marked {
-		marker := record{state: StateInFlight, fp: c.fp, epoch: e.epoch, created: st.claimed, expires: e.expiry(st.claimed)}
-		if err := e.store.put(key, &marker, false); err != nil {
+	switch {
+	case e.shared && st.marked:
+		marker := StoredRecord{State: StateInFlight, Fingerprint: c.fp, Created: st.claimed, Expires: e.expiry(st.claimed)}
+		if _, err := e.store.Update(context.Background(), key, marker, st.rev, WriteClaim); err != nil && !errors.Is(err, ErrStoreConflict) {
+			e.logger.Error("idem: fn ran but its outcome could not be stored, nor its claim marked interrupted; other engines wait for the key until it expires or this engine forgets it", "key_len", len(key), "error", err)
+		}
+	case !st.marked:
+		marker := StoredRecord{State: StateInFlight, Fingerprint: c.fp, Owner: e.owner, Created: st.claimed, Expires: e.expiry(st.claimed)}
+		rev, err := e.store.Create(context.Background(), key, marker, WriteClaim)
+		if err != nil {
 			e.logger.Error("idem: fn ran but neither its outcome nor a marker could be stored; a retry will run it again", "error", err)
 			return
 		}
-		st.marked = true
+		st.marked, st.rev = true, rev
 	}
 	e.orphans.Store(key, struct{}{})
 }
@@ -714,7 +718,7 @@ func (e *Engine) orphan(st *leadState, key string, c *call) {
 // or panics, the marker stays and the key reports ErrInterrupted: safe,
 // since the outcome is then unknown to later calls. (A panic of Pebble's
 // commit does not come back here: store.commit stops the process.)
-func (e *Engine) releaseQuietly(key string) {
+func (e *Engine) releaseQuietly(key string, rev uint64) {
 	var err error
 	func() {
 		defer func() {
@@ -722,7 +726,10 @@ func (e *Engine) releaseQuietly(key string) {
 				err = fmt.Errorf("panic: %v", r)
 			}
 		}()
-		err = e.store.remove(key, 0, e.opts.Durability == SyncAll)
+		err = e.store.Delete(context.Background(), key, rev, WriteRelease)
+		if errors.Is(err, ErrStoreConflict) {
+			err = nil // the claim is gone already: nothing to release
+		}
 	}()
 	if err != nil {
 		e.orphans.Store(key, struct{}{})
@@ -733,7 +740,7 @@ func (e *Engine) releaseQuietly(key string) {
 // finish releases c's key, caching rec (the key's stored record, if it is
 // to be cached), hands out to its followers, and returns out's result and
 // error to c's own caller.
-func (e *Engine) finish(st *leadState, key string, c *call, out outcome, rec *record) (Result, error) {
+func (e *Engine) finish(st *leadState, key string, c *call, out outcome, rec *StoredRecord) (Result, error) {
 	st.finished = true
 	e.locks.release(key, c, out, rec)
 	return out.res, out.err
@@ -742,7 +749,7 @@ func (e *Engine) finish(st *leadState, key string, c *call, out outcome, rec *re
 // follow waits for the owner of a key. It returns the outcome to share, or
 // retry true when the caller must try to own the key again: the owner was
 // not a Do leader with the same fingerprint, or it left nothing to share.
-func (e *Engine) follow(ctx context.Context, f follower, fp fingerprint) (res Result, err error, retry bool) {
+func (e *Engine) follow(ctx context.Context, f follower, fp Fingerprint) (res Result, err error, retry bool) {
 	c := f.c // only c.fp, c.maint and, after done, c.out may be read
 	checkRunning := func() (Result, error, bool) {
 		if c.fp != fp {
@@ -801,12 +808,12 @@ func (e *Engine) follow(ctx context.Context, f follower, fp fingerprint) (res Re
 }
 
 // result returns the Result a record stands for.
-func (r *record) result(replayed bool) Result {
+func (r *StoredRecord) result(replayed bool) Result {
 	return Result{
-		Value:     r.value,
+		Value:     r.Value,
 		Replayed:  replayed,
-		CreatedAt: time.Unix(0, r.created),
-		ExpiresAt: time.Unix(0, r.expires),
+		CreatedAt: time.Unix(0, r.Created),
+		ExpiresAt: time.Unix(0, r.Expires),
 	}
 }
 
@@ -821,49 +828,66 @@ func (e *Engine) Lookup(key string) (Record, error) {
 		return Record{}, ErrClosed
 	}
 	defer e.exit()
-	rec, found, err := e.store.get(key)
+	rec, _, err := e.store.Get(context.Background(), key)
 	if err != nil {
 		return Record{}, err
 	}
-	if !found || rec.expired(e.now()) {
+	if rec.Expired(e.now()) {
 		return Record{}, ErrNotFound
 	}
-	return e.publicRecord(key, &rec), nil
+	return e.publicRecord(key, &rec, nil), nil
 }
 
 // interrupted reports whether r, key's record, is a marker whose call is
-// gone: one of an earlier process, or an orphan of this one.
-func (e *Engine) interrupted(key string, r *record) bool {
-	if r.state != StateInFlight {
+// gone: one of an earlier process or a dead engine, or an orphan of this
+// one. alive, if not nil, caches the answers of Liveness by owner. An
+// engine whose liveness cannot be learnt counts as alive: its claim is not
+// reported interrupted on a guess.
+func (e *Engine) interrupted(key string, r *StoredRecord, alive map[uint64]bool) bool {
+	if r.State != StateInFlight {
 		return false
 	}
-	if r.epoch != e.epoch {
-		return true
+	if r.Owner != e.owner {
+		live, ok := alive[r.Owner]
+		if !ok {
+			var err error
+			if live, err = e.claimAlive(context.Background(), r); err != nil {
+				live = true
+			}
+			if alive != nil {
+				alive[r.Owner] = live
+			}
+		}
+		return !live
 	}
 	_, orphan := e.orphans.Load(key)
 	return orphan
 }
 
-func (e *Engine) publicRecord(key string, r *record) Record {
-	state := r.state
-	if e.interrupted(key, r) {
+// publicRecord returns r, key's record, as Lookup and Records report it;
+// alive is as for interrupted.
+func (e *Engine) publicRecord(key string, r *StoredRecord, alive map[uint64]bool) Record {
+	state := r.State
+	if e.interrupted(key, r, alive) {
 		state = StateInterrupted
 	}
 	return Record{
 		Key:       key,
 		State:     state,
-		CreatedAt: time.Unix(0, r.created),
-		ExpiresAt: time.Unix(0, r.expires),
-		Value:     r.value,
-		Err:       r.errMsg,
+		CreatedAt: time.Unix(0, r.Created),
+		ExpiresAt: time.Unix(0, r.Expires),
+		Value:     r.Value,
+		Err:       r.Err,
 	}
 }
 
 // Forget deletes key's record, so that the next Do for it runs fn. It is the
 // way to release a key that reports ErrInterrupted once its outcome has been
 // reconciled. Forgetting a key with no record does nothing. A key that a Do
-// call holds in this process (fn running, or the call reading the key)
-// cannot be forgotten: Forget returns ErrInFlight.
+// call holds in this engine (fn running, or the call reading the key), or
+// whose fn another engine on a shared store is running, cannot be
+// forgotten: Forget returns ErrInFlight. On a shared store, the next Do on
+// every engine sees that the record is gone.
 func (e *Engine) Forget(key string) error {
 	if err := e.checkKey(key); err != nil {
 		return err
@@ -887,20 +911,34 @@ func (e *Engine) Forget(key string) error {
 		<-ownerDone // a sweep or another Forget: brief, no user code
 	}
 	defer e.locks.releaseAll([]string{key}, c)
-	rec, found, err := e.store.get(key)
-	if errors.Is(err, ErrCorrupt) {
-		// A corrupt record can be forgotten.
-		return e.store.remove(key, 0, e.opts.Durability != SyncNone)
+	ctx := context.Background()
+	for {
+		rec, rev, found, err := e.read(ctx, key)
+		if errors.Is(err, ErrCorrupt) {
+			// A corrupt record can be forgotten.
+			return e.store.Delete(ctx, key, 0, WriteForget)
+		}
+		if err != nil || !found {
+			return err
+		}
+		if rec.State == StateInFlight && !rec.Expired(e.now()) {
+			if live, err := e.claimAlive(ctx, &rec); err != nil {
+				return err
+			} else if live {
+				return ErrInFlight // another engine runs fn
+			}
+		}
+		err = e.store.Delete(ctx, key, rev, WriteForget)
+		if errors.Is(err, ErrStoreConflict) && e.shared {
+			continue // written again since it was read: decide again
+		}
+		if err != nil {
+			return err
+		}
+		e.orphans.Delete(key)
+		e.filter.removed.Add(1)
+		return nil
 	}
-	if err != nil || !found {
-		return err
-	}
-	if err := e.store.remove(key, rec.size, e.opts.Durability != SyncNone); err != nil {
-		return err
-	}
-	e.orphans.Delete(key)
-	e.filter.removed.Add(1)
-	return nil
 }
 
 // rebuildFilter starts a build of the negative path's filter (filter.go).
@@ -916,12 +954,15 @@ type filterSource struct{ e *Engine }
 func (s filterSource) owned(add func(string)) { s.e.locks.owned(add) }
 
 func (s filterSource) scan(ctx context.Context, add func(string)) error {
-	return s.e.store.recordKeys(ctx, add)
+	return s.e.local.recordKeys(ctx, add)
 }
 
 // scanChunk is how many records Records reads per Pebble iterator, so that
 // it holds no iterator while the caller's loop body runs.
 const scanChunk = 256
+
+// errSkip marks a record that records does not yield.
+var errSkip = errors.New("skip")
 
 // Records returns the live records whose keys start with prefix (all of them
 // for ""), in key order: the operator's view of the engine. Expired records
@@ -947,33 +988,41 @@ func (e *Engine) Interrupted() iter.Seq2[Record, error] {
 // keep is nil), and the records that fail to decode.
 func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Record, error] {
 	return func(yield func(Record, error) bool) {
-		var after []byte
+		var (
+			after string
+			alive = make(map[uint64]bool) // owners' liveness, asked once a listing
+		)
 		for {
 			var (
-				chunk []Record
+				keys  []string
+				recs  []StoredRecord
 				errs  []error
+				chunk []Record
 			)
 			if !e.enter() {
 				yield(Record{}, ErrClosed)
 				return
 			}
 			now := e.now()
-			next, err := e.store.scanRecords(prefix, after, scanChunk, func(key string, rec record, err error) {
-				if err != nil {
-					chunk, errs = append(chunk, Record{Key: key}), append(errs, err)
+			next, err := e.store.Scan(context.Background(), prefix, after, scanChunk, func(key string, rec StoredRecord, err error) {
+				if err == nil && rec.Expired(now) {
 					return
 				}
-				if rec.expired(now) {
-					return
-				}
-				r := e.publicRecord(key, &rec)
-				if keep == nil || keep(&r) {
-					chunk, errs = append(chunk, r), append(errs, nil)
-				}
+				keys, recs, errs = append(keys, key), append(recs, rec), append(errs, err)
 			})
+			for i := range recs {
+				r := Record{Key: keys[i]}
+				if errs[i] == nil {
+					r = e.publicRecord(keys[i], &recs[i], alive)
+					if keep != nil && !keep(&r) {
+						errs[i] = errSkip
+					}
+				}
+				chunk = append(chunk, r)
+			}
 			e.exit()
 			for i := range chunk {
-				if !yield(chunk[i], errs[i]) {
+				if errs[i] != errSkip && !yield(chunk[i], errs[i]) {
 					return
 				}
 			}
@@ -981,7 +1030,7 @@ func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Recor
 				yield(Record{}, fmt.Errorf("idem: listing records: %w", err))
 				return
 			}
-			if next == nil {
+			if next == "" {
 				return
 			}
 			after = next
@@ -995,7 +1044,9 @@ func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Recor
 // sweeper does the same a slice at a time (Options.SweepInterval). Expired
 // records are invisible whether or not they have been swept; Sweep frees
 // their space. A record whose key a call holds meanwhile is left to a later
-// sweep. It stops early, with ctx's error, when ctx ends.
+// sweep. It stops early, with ctx's error, when ctx ends. On a store other
+// than Pebble's it calls the store's Sweeper, if it has one, and otherwise
+// does nothing: the store removes expired records itself.
 func (e *Engine) Sweep(ctx context.Context) (int, error) {
 	if !e.enter() {
 		return 0, ErrClosed
@@ -1009,7 +1060,8 @@ func (e *Engine) Sweep(ctx context.Context) (int, error) {
 
 // Compact compacts the whole database now, so that the space of swept and
 // forgotten records is reclaimed at once rather than by Pebble's background
-// compactions. It can take long on a large database; ctx ends it early.
+// compactions. It can take long on a large database; ctx ends it early. On
+// any other store it does nothing.
 func (e *Engine) Compact(ctx context.Context) error {
 	if !e.enter() {
 		return ErrClosed
@@ -1018,7 +1070,10 @@ func (e *Engine) Compact(ctx context.Context) error {
 	if e.opts.ReadOnly {
 		return ErrReadOnly
 	}
-	if err := e.db.Compact(ctx, []byte{0}, []byte{0xff}, false); err != nil {
+	if e.local == nil {
+		return nil
+	}
+	if err := e.local.db.Compact(ctx, []byte{0}, []byte{0xff}, false); err != nil {
 		return fmt.Errorf("idem: compact: %w", err)
 	}
 	return nil
@@ -1035,7 +1090,7 @@ type Stats struct {
 	Interrupted uint64 // calls that met a key left in flight by a crash
 	Swept       uint64 // expired records removed by sweeps
 
-	// Figures of the Pebble database (0 once closed).
+	// Figures of the Pebble database (0 once closed, and on other stores).
 	DiskUsage   uint64 // bytes on disk
 	Compactions uint64 // compactions since Open
 	// ReadAmplification is Pebble's read amplification: the sstables a
@@ -1044,22 +1099,6 @@ type Stats struct {
 	// L0's sublevels on a read-only open, so there each L0 table counts as
 	// one: an upper bound.
 	ReadAmplification uint64
-}
-
-// readAmp returns the read amplification of m (see Stats).
-func readAmp(m *pebble.Metrics) uint64 {
-	var n int64
-	for i, l := range m.Levels {
-		switch {
-		case l.Sublevels > 0:
-			n += int64(l.Sublevels)
-		case l.TablesCount > 0 && i == 0:
-			n += l.TablesCount // sublevels not worked out: at most one a table
-		case l.TablesCount > 0:
-			n++
-		}
-	}
-	return uint64(n)
 }
 
 type counters struct {
@@ -1078,8 +1117,8 @@ func (e *Engine) Stats() Stats {
 		Interrupted: e.stats.interrupted.Load(),
 		Swept:       e.stats.swept.Load(),
 	}
-	if e.enter() {
-		m := e.db.Metrics()
+	if e.local != nil && e.enter() {
+		m := e.local.db.Metrics()
 		e.exit()
 		s.DiskUsage = m.DiskSpaceUsage()
 		s.Compactions = uint64(max(m.Compact.Count, 0))
@@ -1090,7 +1129,7 @@ func (e *Engine) Stats() Stats {
 
 // Close closes the engine. New calls return ErrClosed from the moment Close
 // begins; calls in progress, fn included, are waited for, so that every
-// outcome is stored. Then the background sweeper stops and the database is
+// outcome is stored. Then the background sweeper stops and the store is
 // closed. Close returns nil when called again. Close must not be called from
 // fn: it would wait for fn itself.
 func (e *Engine) Close() error {
@@ -1105,12 +1144,7 @@ func (e *Engine) Close() error {
 	<-e.drained
 	e.sweeperDone.Wait()
 	e.filter.wait() // no call is left to start another build
-	err := e.db.Close()
-	if lerr := e.lock.Close(); err == nil {
-		err = lerr
-	}
-	e.releaseDir()
-	if err != nil {
+	if err := e.store.Close(); err != nil {
 		e.closeErr = fmt.Errorf("idem: close: %w", err)
 	}
 	close(e.closed)

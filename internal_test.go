@@ -40,11 +40,11 @@ func valueFn(v []byte) func(context.Context) ([]byte, error) {
 }
 
 func TestRecordRoundTrip(t *testing.T) {
-	for _, r := range []record{
-		{state: StateInFlight, fp: digest(nil), epoch: 1, created: 1, expires: 2},
-		{state: StateCompleted, fp: digest([]byte("abc")), epoch: 7, created: -5, expires: 1 << 62, value: []byte{}},
-		{state: StateCompleted, fp: digest(bytes.Repeat([]byte("x"), 100)), value: []byte("value")},
-		{state: StateFailed, fp: digest(bytes.Repeat([]byte("y"), 31)), errMsg: "declined"},
+	for _, r := range []StoredRecord{
+		{State: StateInFlight, Fingerprint: digest(nil), Owner: 1, Created: 1, Expires: 2},
+		{State: StateCompleted, Fingerprint: digest([]byte("abc")), Owner: 7, Created: -5, Expires: 1 << 62, Value: []byte{}},
+		{State: StateCompleted, Fingerprint: digest(bytes.Repeat([]byte("x"), 100)), Value: []byte("value")},
+		{State: StateFailed, Fingerprint: digest(bytes.Repeat([]byte("y"), 31)), Err: "declined"},
 	} {
 		got, err := decodeRecord(r.encode())
 		require.NoError(t, err)
@@ -60,12 +60,12 @@ func TestStoredFingerprintIsAtMost32Bytes(t *testing.T) {
 		key := fmt.Sprint("k", n)
 		_, err := e.Do(context.Background(), key, fp, valueFn([]byte("v")))
 		require.NoError(t, err)
-		rec, found, err := e.store.get(key)
+		rec, _, found, err := e.local.get(key)
 		require.NoError(t, err)
 		require.True(t, found)
-		require.LessOrEqual(t, len(rec.fp.bytes()), 32)
+		require.LessOrEqual(t, len(rec.Fingerprint.Bytes()), 32)
 		if n < 32 {
-			require.Equal(t, fp, rec.fp.bytes()[:n:n])
+			require.Equal(t, fp, rec.Fingerprint.Bytes()[:n:n])
 		}
 	}
 }
@@ -74,7 +74,7 @@ func TestCorruptRecordAffectsOnlyItsKey(t *testing.T) {
 	e := openInternal(t, nil, Options{})
 	ctx := context.Background()
 	e.filter.add("bad") // as the key's owner would, before writing it
-	require.NoError(t, e.db.Set(recordKey("bad"), []byte{0x93, 0x01, 0xff}, nil))
+	require.NoError(t, e.local.db.Set(recordKey("bad"), []byte{0x93, 0x01, 0xff}, nil))
 	_, err := e.Do(ctx, "bad", nil, valueFn([]byte("v")))
 	require.ErrorIs(t, err, ErrCorrupt)
 	_, err = e.Lookup("bad")
@@ -102,7 +102,7 @@ func TestEpochAdvancesAtEachOpen(t *testing.T) {
 	for want := uint64(1); want <= 3; want++ {
 		e, err := Open("db", &Options{FS: fs, SweepInterval: -1})
 		require.NoError(t, err)
-		require.Equal(t, want, e.epoch)
+		require.Equal(t, want, e.owner)
 		require.NoError(t, e.Close())
 	}
 }
@@ -111,7 +111,7 @@ func TestOpenRefusesAnotherFormat(t *testing.T) {
 	fs := vfs.NewMem()
 	e, err := Open("db", &Options{FS: fs, SweepInterval: -1})
 	require.NoError(t, err)
-	require.NoError(t, e.db.Set(metaFormat, []byte("idem/99"), nil))
+	require.NoError(t, e.local.db.Set(metaFormat, []byte("idem/99"), nil))
 	require.NoError(t, e.Close())
 	before := snapshotDir(t, fs, "db")
 	_, err = Open("db", &Options{FS: fs, SweepInterval: -1})
@@ -133,12 +133,13 @@ func TestInterruptedListsAllAcrossChunks(t *testing.T) {
 	var want []string
 	for i := range 2 * n {
 		key := fmt.Sprintf("k%05d", i)
-		r := record{state: StateCompleted, epoch: e.epoch, created: now, expires: now + int64(time.Hour)}
+		r := StoredRecord{State: StateCompleted, Owner: e.owner, Created: now, Expires: now + int64(time.Hour)}
 		if i%2 == 0 {
-			r.state, r.epoch = StateInFlight, e.epoch-1
+			r.State, r.Owner = StateInFlight, e.owner-1
 			want = append(want, key)
 		}
-		require.NoError(t, e.store.put(key, &r, false))
+		_, err := e.local.put(key, &r, false)
+		require.NoError(t, err)
 	}
 	var got []string
 	for r, err := range e.Interrupted() {
@@ -181,7 +182,7 @@ func TestSweepLeavesHeldKeysToALaterSweep(t *testing.T) {
 	removed, err = e.Sweep(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, removed, "the held key was not swept later")
-	_, found, err := e.store.get("b")
+	_, _, found, err := e.local.get("b")
 	require.NoError(t, err)
 	require.False(t, found)
 }
@@ -202,9 +203,9 @@ func TestSweepThenCompactionReclaimsDiskSpace(t *testing.T) {
 		_, err := e.Do(ctx, fmt.Sprintf("key-%06d", i), nil, valueFn(value))
 		require.NoError(t, err)
 	}
-	require.NoError(t, e.db.Flush())
+	require.NoError(t, e.local.db.Flush())
 	compact := func() {
-		require.NoError(t, e.db.Compact(ctx, []byte{0}, []byte{0xff}, false))
+		require.NoError(t, e.local.db.Compact(ctx, []byte{0}, []byte{0xff}, false))
 	}
 	compact()
 	before := e.Stats().DiskUsage
@@ -222,7 +223,7 @@ func TestSweepThenCompactionReclaimsDiskSpace(t *testing.T) {
 	// The records' tables are gone at once; the files they lived in, and
 	// the log files Pebble keeps to recycle, are counted until Pebble's
 	// cleaner deletes them in the background.
-	m := e.db.Metrics()
+	m := e.local.db.Metrics()
 	require.Less(t, m.Table.Local.LiveSize, uint64(n*size/100))
 	var after uint64
 	require.Eventually(t, func() bool {
@@ -233,10 +234,10 @@ func TestSweepThenCompactionReclaimsDiskSpace(t *testing.T) {
 }
 
 func FuzzDecodeRecord(f *testing.F) {
-	for _, r := range []record{
-		{state: StateInFlight, fp: digest([]byte("fp")), epoch: 3, created: 10, expires: 20},
-		{state: StateCompleted, fp: digest(bytes.Repeat([]byte("x"), 40)), value: []byte("hello")},
-		{state: StateFailed, errMsg: "no"},
+	for _, r := range []StoredRecord{
+		{State: StateInFlight, Fingerprint: digest([]byte("fp")), Owner: 3, Created: 10, Expires: 20},
+		{State: StateCompleted, Fingerprint: digest(bytes.Repeat([]byte("x"), 40)), Value: []byte("hello")},
+		{State: StateFailed, Err: "no"},
 	} {
 		f.Add(r.encode())
 	}
@@ -327,7 +328,7 @@ func snapshotDir(t *testing.T, fs vfs.FS, dir string) map[string]string {
 }
 
 func TestDecodeRefusesAnOutOfRangeState(t *testing.T) {
-	r := record{state: StateCompleted}
+	r := StoredRecord{State: StateCompleted}
 	b := r.encode()
 	// The state is the third byte: a positive fixint. Make it uint16 259,
 	// which truncates to 3 (StateCompleted).
@@ -337,8 +338,8 @@ func TestDecodeRefusesAnOutOfRangeState(t *testing.T) {
 }
 
 // cacheShardRecord returns a completed record of n value bytes.
-func cacheShardRecord(n int) *record {
-	return &record{state: StateCompleted, expires: math.MaxInt64, value: make([]byte, n)}
+func cacheShardRecord(n int) *StoredRecord {
+	return &StoredRecord{State: StateCompleted, Expires: math.MaxInt64, Value: make([]byte, n)}
 }
 
 // The record cache of a shard stays within its byte limit, evicts in the
@@ -361,7 +362,7 @@ func TestRecordCacheShardBounds(t *testing.T) {
 	// bits depend on a random seed).
 	put := func(key string, n int) {
 		for range 2 {
-			c := newLeaderCall(fingerprint{})
+			c := newLeaderCall(Fingerprint{})
 			_, hit, _, owner := tab.acquire(key, c, 0)
 			if hit {
 				return
@@ -387,7 +388,7 @@ func TestRecordCacheShardBounds(t *testing.T) {
 	// Churn: one key cached again and again (each Do of it after a Forget
 	// or an expiry uncaches it first).
 	for i := range 10000 {
-		c := newLeaderCall(fingerprint{})
+		c := newLeaderCall(Fingerprint{})
 		_, _, _, owner := tab.acquire(keys[6], c, math.MaxInt64) // expired: uncached
 		require.True(t, owner)
 		tab.release(keys[6], c, outcome{}, cacheShardRecord(40))
@@ -466,9 +467,9 @@ func TestOpenDropsTheOldExpiryIndex(t *testing.T) {
 	require.NoError(t, err)
 	for i := range 100 {
 		k := append([]byte{prefixIndex, 0, 0, 0, 0, 0, 0, 0, byte(i)}, "k"...)
-		require.NoError(t, e.db.Set(k, nil, pebble.Sync))
+		require.NoError(t, e.local.db.Set(k, nil, pebble.Sync))
 	}
-	require.NoError(t, e.db.Set(metaFormat, []byte(formatIdemV1), pebble.Sync))
+	require.NoError(t, e.local.db.Set(metaFormat, []byte(formatIdemV1), pebble.Sync))
 	require.NoError(t, e.Close())
 
 	// Read-only, the directory is read as it is.
@@ -479,11 +480,11 @@ func TestOpenDropsTheOldExpiryIndex(t *testing.T) {
 	require.NoError(t, ro.Close())
 
 	e = openInternal(t, fs, Options{})
-	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIndex}, UpperBound: []byte{prefixIndex + 1}})
+	it, err := e.local.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixIndex}, UpperBound: []byte{prefixIndex + 1}})
 	require.NoError(t, err)
 	require.False(t, it.First(), "an index key is left")
 	require.NoError(t, it.Close())
-	format, err := e.store.getMeta(metaFormat)
+	format, err := e.local.getMeta(metaFormat)
 	require.NoError(t, err)
 	require.Equal(t, formatName, string(format), "the format is upgraded")
 	res, err := e.Do(context.Background(), "k", nil, valueFn([]byte("other")))
@@ -507,7 +508,7 @@ func TestRecordCacheDoorAdmitsCycles(t *testing.T) {
 	}
 	for round := range 3 {
 		for _, k := range keys {
-			c := newLeaderCall(fingerprint{})
+			c := newLeaderCall(Fingerprint{})
 			if _, hit, _, owner := tab.acquire(k, c, 0); owner {
 				tab.release(k, c, outcome{}, cacheShardRecord(10))
 			} else {
@@ -547,7 +548,7 @@ func TestSweeperKeepsUpWithGrowth(t *testing.T) {
 		require.NoError(t, err)
 	}
 	records := 0
-	_, err := e.store.scanChunk([]byte{prefixRecord}, []byte{prefixRecord + 1}, nil, math.MaxInt, func(k, v []byte) { records++ })
+	_, err := e.local.scanChunk([]byte{prefixRecord}, []byte{prefixRecord + 1}, nil, math.MaxInt, func(k, v []byte) { records++ })
 	require.NoError(t, err)
 	live := int(ttl/interval) * perTick
 	require.LessOrEqual(t, records, live+4*perTick, "expired records pile up: %d on disk, %d live", records, live)

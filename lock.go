@@ -66,7 +66,7 @@ const (
 
 // cachedRecord is an immutable copy of a stored completed or failed record.
 type cachedRecord struct {
-	fp               fingerprint
+	fp               Fingerprint
 	failed           bool
 	size             int32 // what it counts against the cache's limit
 	seq              uint64
@@ -105,7 +105,7 @@ type call struct {
 	// maintenance claim (Forget, Sweep), which has no fingerprint and whose
 	// outcome no follower shares. Both are set before the call is
 	// registered and not changed while it is.
-	fp    fingerprint
+	fp    Fingerprint
 	maint bool
 
 	// Guarded by the shard's mu. The channels are made by the first
@@ -135,7 +135,7 @@ type outcome struct {
 // leaderCalls recycles the calls of Do leaders that nobody waited for.
 var leaderCalls = sync.Pool{New: func() any { return new(call) }}
 
-func newLeaderCall(fp fingerprint) *call {
+func newLeaderCall(fp Fingerprint) *call {
 	c := leaderCalls.Get().(*call)
 	*c = call{fp: fp}
 	return c
@@ -267,13 +267,13 @@ func (t *lockTable) setRunning(key string, c *call) {
 // record as now stored, read back for a replay, or nil if it has none or is
 // not to be cached) if the door admits it, hands out to the followers and
 // wakes them. c must not be used afterwards.
-func (t *lockTable) release(key string, c *call, out outcome, rec *record) {
+func (t *lockTable) release(key string, c *call, out outcome, rec *StoredRecord) {
 	h := maphash.String(t.seed, key)
 	s := &t.shards[h&(numShards-1)]
 	var cr cachedRecord
-	if rec != nil && t.cacheLimit > 0 && (rec.state == StateCompleted || rec.state == StateFailed) && s.admit(h) {
-		if n := cachedSize(key, rec.value, rec.errMsg); n <= t.cacheLimit {
-			cr = cachedRecord{fp: rec.fp, failed: rec.state == StateFailed, size: int32(n), created: rec.created, expires: rec.expires, value: cloneBytes(rec.value), errMsg: rec.errMsg}
+	if rec != nil && t.cacheLimit > 0 && (rec.State == StateCompleted || rec.State == StateFailed) && s.admit(h) {
+		if n := cachedSize(key, rec.Value, rec.Err); n <= t.cacheLimit {
+			cr = cachedRecord{fp: rec.Fingerprint, failed: rec.State == StateFailed, size: int32(n), created: rec.Created, expires: rec.Expires, value: cloneBytes(rec.Value), errMsg: rec.Err}
 		}
 	}
 	s.mu.Lock()

@@ -1,8 +1,6 @@
 package idem
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -73,6 +71,8 @@ type Options struct {
 	TTL time.Duration
 
 	// Durability says which writes are fsynced. The zero value is SyncAll.
+	// Pebble's store only: New refuses any other value (a shared store
+	// makes every write durable; see Write).
 	Durability Durability
 
 	// NoWait makes a call that finds its key in flight (fn running in
@@ -105,7 +105,7 @@ type Options struct {
 	SweepInterval time.Duration
 
 	// CacheSize is the size of Pebble's block cache, in bytes. If 0,
-	// DefaultCacheSize (32 MiB); negative is an error.
+	// DefaultCacheSize (32 MiB); negative is an error. Pebble's store only.
 	CacheSize int64
 
 	// RecordCacheSize is the memory, in bytes, for an in-memory cache of
@@ -114,7 +114,8 @@ type Options struct {
 	// Pebble read (most keys are retried once or never, and caching their
 	// records would only cost evictions). The oldest cached records are
 	// evicted first. If 0, DefaultRecordCacheSize (16 MiB); negative turns
-	// the cache off.
+	// the cache off. A shared store has no cache (another engine may Forget
+	// a record), and New refuses the field for one.
 	RecordCacheSize int64
 
 	// Now is the clock. If nil, time.Now.
@@ -122,6 +123,7 @@ type Options struct {
 
 	// FS is the file system Pebble uses. If nil, the operating system's
 	// (vfs.Default). Tests use vfs.NewMem() or vfs.NewCrashableMem().
+	// Pebble's store only.
 	FS vfs.FS
 
 	// ReadOnly opens an existing database for reading only, for inspection
@@ -131,6 +133,7 @@ type Options struct {
 	// locked as usual), the epoch is not advanced, and the background
 	// sweeper does not run. Every in-flight marker reads as interrupted. A
 	// directory that holds no idem database is an error. Default false.
+	// Pebble's store only.
 	ReadOnly bool
 
 	// Logger receives the engine's and Pebble's log records. If nil, a
@@ -190,39 +193,28 @@ func (o *Options) withDefaults() (Options, error) {
 	return c, nil
 }
 
-// pebbleLogger routes Pebble's log lines to the engine's logger.
-//
-// Pebble calls Fatalf when it cannot go on safely (a failed WAL write or
-// fsync, a corrupt MANIFEST) and expects it not to return. pebbleLogger logs
-// the message at level Error and then panics with it in a goroutine of its
-// own, which stops the process whatever its callers recover, as Pebble's
-// own default logger does with os.Exit. A panic in the calling goroutine
-// would not do: a server that recovers panics in its handlers (net/http
-// does) would go on calling into a database whose commit pipeline has
-// failed with its lock held, and block forever. Whatever was acknowledged
-// before is on disk for the next Open.
-type pebbleLogger struct {
-	l *slog.Logger
-}
-
-var errPebbleFatal = errors.New("idem: fatal Pebble error")
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	if p.l.Enabled(context.Background(), slog.LevelInfo) {
-		p.l.Info(fmt.Sprintf(format, args...), "component", "pebble")
+// checkGeneric returns an error if orig, the options given to New, sets a
+// field that only the Pebble store has, or RecordCacheSize for a shared
+// store.
+func (o *Options) checkGeneric(orig *Options, shared bool) error {
+	if orig == nil {
+		return nil
 	}
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	if p.l.Enabled(context.Background(), slog.LevelError) {
-		p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	field := ""
+	switch {
+	case orig.Durability != SyncAll:
+		field = "Durability"
+	case orig.CacheSize != 0:
+		field = "CacheSize"
+	case orig.FS != nil:
+		field = "FS"
+	case orig.ReadOnly:
+		field = "ReadOnly"
+	case shared && orig.RecordCacheSize != 0:
+		field = "RecordCacheSize"
 	}
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	p.l.Error(msg, "component", "pebble", "fatal", true)
-	err := fmt.Errorf("%w: %s", errPebbleFatal, msg)
-	go panic(err) // unrecoverable: stops the process
-	select {}     // Fatalf must not return
+	if field == "" {
+		return nil
+	}
+	return fmt.Errorf("idem: Options.%s applies to the Pebble store only (Open); leave it zero for New", field)
 }

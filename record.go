@@ -1,17 +1,12 @@
 package idem
 
 import (
-	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
-	"sync"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
 )
 
 // State is the state of a stored record.
@@ -65,17 +60,22 @@ type Record struct {
 	Err       string    // the stored error's message, for StateFailed
 }
 
-// fingerprint is the at most 32 bytes stored for a request fingerprint: the
-// fingerprint itself when it is shorter than 32 bytes, its SHA-256 otherwise.
-// The two forms never collide, since they differ in length. It is a value, so
-// a call can keep it after the caller's slice changes.
-type fingerprint struct {
+// Fingerprint is what a record stores of a request fingerprint: the
+// fingerprint itself when it is shorter than 32 bytes, its SHA-256
+// otherwise. The two forms never collide, since they differ in length. It is
+// a value, so a call can keep it after the caller's slice changes;
+// fingerprints compare with ==.
+type Fingerprint struct {
 	n uint8
 	b [sha256.Size]byte
 }
 
-func digest(fp []byte) fingerprint {
-	var d fingerprint
+// MakeFingerprint returns the Fingerprint stored for the request
+// fingerprint fp, as Do computes it.
+func MakeFingerprint(fp []byte) Fingerprint { return digest(fp) }
+
+func digest(fp []byte) Fingerprint {
+	var d Fingerprint
 	if len(fp) < sha256.Size {
 		d.n = uint8(copy(d.b[:], fp))
 		return d
@@ -85,22 +85,51 @@ func digest(fp []byte) fingerprint {
 	return d
 }
 
-func (f *fingerprint) bytes() []byte { return f.b[:f.n] }
+// Bytes returns the stored bytes: the fingerprint, or its SHA-256.
+func (f *Fingerprint) Bytes() []byte { return f.b[:f.n] }
 
-// record is a key's stored state.
-type record struct {
-	state   State // StateInFlight, StateCompleted or StateFailed
-	fp      fingerprint
-	epoch   uint64 // the epoch of the process that wrote it
-	created int64  // unix nanoseconds
-	expires int64  // unix nanoseconds
-	value   []byte // StateCompleted: fn's value (nil and empty differ)
-	errMsg  string // StateFailed: the stored error's message
-
-	size uint32 // the encoded size, as read; not encoded
+// StoredRecord is a key's record as a Store keeps it. Stores that keep
+// records as bytes use AppendRecord and DecodeRecord, the engine's own
+// msgpack encoding.
+type StoredRecord struct {
+	// State is StateInFlight for a claim whose fn runs (or ran, if its
+	// engine is gone), StateCompleted for a stored value, StateFailed for
+	// a stored Permanent error. StateInterrupted is never stored.
+	State State
+	// Fingerprint is the fingerprint of the request that claimed the key.
+	Fingerprint Fingerprint
+	// Owner identifies the engine that wrote the record (StoreInfo.Owner;
+	// for Pebble, the epoch of the Open that wrote it).
+	Owner uint64
+	// Created is when the record was written, in Unix nanoseconds.
+	Created int64
+	// Expires is when the record expires, in Unix nanoseconds: from then
+	// on the engine treats the key as having no record, and a store may
+	// delete it.
+	Expires int64
+	// Value is fn's value, for StateCompleted; nil and empty differ.
+	Value []byte
+	// Err is the Permanent error's message, for StateFailed.
+	Err string
 }
 
-func (r *record) expired(now int64) bool { return r.expires <= now }
+// Expired reports whether r has expired at now (Unix nanoseconds).
+func (r *StoredRecord) Expired(now int64) bool { return r.Expires <= now }
+
+// AppendRecord appends the engine's msgpack encoding of r to dst and returns
+// the extended slice.
+func AppendRecord(dst []byte, r *StoredRecord) []byte { return r.appendTo(dst) }
+
+// DecodeRecord decodes a record that AppendRecord encoded. The value is
+// copied out of b. Bytes that are not such a record are an error matching
+// ErrCorrupt; it never panics, whatever b holds.
+func DecodeRecord(b []byte) (StoredRecord, error) {
+	r, err := decodeRecord(b)
+	if err != nil {
+		return StoredRecord{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return r, nil
+}
 
 // recordVersion is the version of the encoding below; it is the first field
 // of every record, so a later version can read older ones.
@@ -145,29 +174,29 @@ const (
 )
 
 // encodedSize returns the length of r's encoding.
-func (r *record) encodedSize() int {
-	return 1 + uintSize(recordVersion) + uintSize(uint64(r.state)) +
-		1 + lenSize(int(r.fp.n)) + int(r.fp.n) +
-		uintSize(r.epoch) + intSize(r.created) + intSize(r.expires) +
-		binSize(r.value) + strSize(len(r.errMsg))
+func (r *StoredRecord) encodedSize() int {
+	return 1 + uintSize(recordVersion) + uintSize(uint64(r.State)) +
+		1 + lenSize(int(r.Fingerprint.n)) + int(r.Fingerprint.n) +
+		uintSize(r.Owner) + intSize(r.Created) + intSize(r.Expires) +
+		binSize(r.Value) + strSize(len(r.Err))
 }
 
 // appendTo appends r's encoding to dst.
-func (r *record) appendTo(dst []byte) []byte {
+func (r *StoredRecord) appendTo(dst []byte) []byte {
 	dst = append(dst, mpFixArray|recordFields)
 	dst = appendUint(dst, recordVersion)
-	dst = appendUint(dst, uint64(r.state))
-	dst = appendBin(dst, r.fp.bytes())
-	dst = appendUint(dst, r.epoch)
-	dst = appendInt(dst, r.created)
-	dst = appendInt(dst, r.expires)
-	dst = appendBin(dst, r.value)
-	dst = appendLen(dst, mpFixStr, mpStr8, mpStr16, mpStr32, len(r.errMsg))
-	return append(dst, r.errMsg...)
+	dst = appendUint(dst, uint64(r.State))
+	dst = appendBin(dst, r.Fingerprint.Bytes())
+	dst = appendUint(dst, r.Owner)
+	dst = appendInt(dst, r.Created)
+	dst = appendInt(dst, r.Expires)
+	dst = appendBin(dst, r.Value)
+	dst = appendLen(dst, mpFixStr, mpStr8, mpStr16, mpStr32, len(r.Err))
+	return append(dst, r.Err...)
 }
 
 // encode returns r's encoding in a new slice.
-func (r *record) encode() []byte {
+func (r *StoredRecord) encode() []byte {
 	return r.appendTo(make([]byte, 0, r.encodedSize()))
 }
 
@@ -282,8 +311,8 @@ func appendLen(dst []byte, fix, c8, c16, c32 byte, n int) []byte {
 // decodeRecord decodes a record; the value is copied, nothing else is
 // allocated. It never panics and never allocates more than the input's
 // length, whatever the input: every length is checked against what is left.
-func decodeRecord(b []byte) (record, error) {
-	var r record
+func decodeRecord(b []byte) (StoredRecord, error) {
+	var r StoredRecord
 	d := mpReader{b: b}
 	n, err := d.arrayLen()
 	if err != nil {
@@ -305,7 +334,7 @@ func decodeRecord(b []byte) (record, error) {
 	}
 	switch state {
 	case uint64(StateInFlight), uint64(StateCompleted), uint64(StateFailed):
-		r.state = State(state)
+		r.State = State(state)
 	default:
 		return r, fmt.Errorf("invalid stored state %d", state)
 	}
@@ -316,14 +345,14 @@ func decodeRecord(b []byte) (record, error) {
 	if len(fp) > sha256.Size {
 		return r, fmt.Errorf("fingerprint of %d bytes", len(fp))
 	}
-	r.fp.n = uint8(copy(r.fp.b[:], fp))
-	if r.epoch, err = d.uint(); err != nil {
+	r.Fingerprint.n = uint8(copy(r.Fingerprint.b[:], fp))
+	if r.Owner, err = d.uint(); err != nil {
 		return r, err
 	}
-	if r.created, err = d.int(); err != nil {
+	if r.Created, err = d.int(); err != nil {
 		return r, err
 	}
-	if r.expires, err = d.int(); err != nil {
+	if r.Expires, err = d.int(); err != nil {
 		return r, err
 	}
 	value, err := d.bytes()
@@ -338,9 +367,9 @@ func decodeRecord(b []byte) (record, error) {
 		return r, fmt.Errorf("%d bytes after the record", left)
 	}
 	if value != nil {
-		r.value = append(make([]byte, 0, len(value)), value...)
+		r.Value = append(make([]byte, 0, len(value)), value...)
 	}
-	r.errMsg = string(msg)
+	r.Err = string(msg)
 	return r, nil
 }
 
@@ -508,304 +537,3 @@ func (d *mpReader) bytes() ([]byte, error) {
 	}
 	return d.next(int(n))
 }
-
-// Key layout. Every key starts with a one-byte prefix:
-//
-//	r<key>   a key's record
-//	m<name>  engine metadata
-//
-// Directories written by earlier versions may also hold an expiry index,
-// x<expiry, 8 bytes BE><key>, which Open deletes (ttl.go).
-const (
-	prefixRecord = 'r'
-	prefixIndex  = 'x'
-	prefixMeta   = 'm'
-)
-
-var (
-	metaFormat = []byte("mformat")
-	metaEpoch  = []byte("mepoch")
-)
-
-// formatName identifies a directory written by this engine. "idem/1"
-// directories (records, plus an expiry index) are read as they are, and
-// upgraded by a writable Open, which drops the index; a version that reads
-// only "idem/1" refuses "idem/2", whose records have no index entries for
-// it to sweep by.
-const (
-	formatName   = "idem/2"
-	formatIdemV1 = "idem/1"
-)
-
-func recordKey(key string) []byte {
-	k := make([]byte, 1+len(key))
-	k[0] = prefixRecord
-	copy(k[1:], key)
-	return k
-}
-
-// store is the engine's storage: every Pebble read and write of records and
-// metadata goes through it (and through the sweep's scans in ttl.go).
-type store struct {
-	db  *pebble.DB
-	log pebbleLogger
-}
-
-// commit commits b. Pebble panics in a commit whose WAL write fails (the
-// writer keeps the error of an earlier failed write or fsync), and it
-// panics holding its commit pipeline's mutex: a caller that recovered the
-// panic would leave every later commit, and Close, blocked forever. So a
-// panic in the commit goes the way of Pebble's own fatal errors
-// (pebbleLogger.Fatalf): it stops the process, whatever the callers
-// recover, and whichever of the two a failing WAL reports first.
-func (s *store) commit(b *pebble.Batch, opts *pebble.WriteOptions) error {
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Fatalf("pebble: commit panicked: %v", r)
-		}
-	}()
-	return b.Commit(opts)
-}
-
-// keyBufs recycles the buffers of the Pebble keys that get reads.
-var keyBufs = sync.Pool{New: func() any { return new([]byte) }}
-
-// get returns key's record, or false if there is none. Expiry is the
-// caller's business.
-func (s *store) get(key string) (record, bool, error) {
-	// The Pebble key is built in a pooled buffer: Get keeps it until the
-	// value's closer is closed.
-	kb := keyBufs.Get().(*[]byte)
-	k := append(append((*kb)[:0], prefixRecord), key...)
-	defer func() {
-		*kb = k
-		keyBufs.Put(kb)
-	}()
-	raw, closer, err := s.db.Get(k)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return record{}, false, nil
-	}
-	if err != nil {
-		return record{}, false, fmt.Errorf("idem: reading a record: %w", err)
-	}
-	rec, err := decodeRecord(raw)
-	rec.size = uint32(min(len(raw), math.MaxUint32))
-	closer.Close()
-	if err != nil {
-		return record{}, false, fmt.Errorf("%w: key %q: %w", ErrCorrupt, key, err)
-	}
-	return rec, true, nil
-}
-
-// put stores rec for key, in a batch of its own.
-func (s *store) put(key string, rec *record, sync bool) error {
-	b := s.db.NewBatch()
-	defer b.Close()
-	// The record is encoded in place in the batch.
-	op := b.SetDeferred(1+len(key), rec.encodedSize())
-	op.Key[0] = prefixRecord
-	copy(op.Key[1:], key)
-	if v := rec.appendTo(op.Value[:0]); len(v) != len(op.Value) {
-		panic(fmt.Sprintf("idem: record encoded in %d bytes, not %d", len(v), len(op.Value)))
-	}
-	if err := op.Finish(); err != nil {
-		return err
-	}
-	return s.commit(b, writeOpts(sync))
-}
-
-// remove deletes key's record. size is the record's encoded size if known
-// (a DeleteSized tombstone lets Pebble's compactions see how much space the
-// delete frees), or 0.
-func (s *store) remove(key string, size uint32, sync bool) error {
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteSized(recordKey(key), size, nil); err != nil {
-		return err
-	}
-	return s.commit(b, writeOpts(sync))
-}
-
-func writeOpts(sync bool) *pebble.WriteOptions {
-	if sync {
-		return pebble.Sync
-	}
-	return pebble.NoSync
-}
-
-// scanRecords calls fn for up to limit records whose keys start with prefix
-// and come after the record key after (from the first when after is nil), in
-// key order, and returns the record key to continue after, or nil at the
-// end. Records that fail to decode are passed with their error.
-func (s *store) scanRecords(prefix string, after []byte, limit int, fn func(key string, rec record, err error)) ([]byte, error) {
-	return s.scanChunk(recordKey(prefix), prefixEnd(recordKey(prefix)), after, limit, func(k, v []byte) {
-		key := string(k[1:])
-		rec, err := decodeRecord(v)
-		if err != nil {
-			err = fmt.Errorf("%w: key %q: %w", ErrCorrupt, key, err)
-		}
-		fn(key, rec, err)
-	})
-}
-
-// scanChunk calls fn with the key and the value (both valid during the call)
-// of up to limit keys in [lower, upper) after the key after (from lower when
-// after is nil), in key order, with an iterator of its own, and returns the
-// key to continue after, or nil at the end.
-func (s *store) scanChunk(lower, upper, after []byte, limit int, fn func(k, v []byte)) ([]byte, error) {
-	if after != nil {
-		lower = successor(after)
-	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return nil, err
-	}
-	var last []byte
-	n := 0
-	for valid := it.First(); valid && n < limit; valid = it.Next() {
-		k := it.Key()
-		v, err := it.ValueAndErr()
-		if err != nil {
-			it.Close()
-			return nil, err
-		}
-		fn(k, v)
-		last = append(last[:0], k...)
-		n++
-	}
-	if err := it.Close(); err != nil {
-		return nil, err
-	}
-	if n < limit {
-		return nil, nil
-	}
-	return last, nil
-}
-
-// prefixEnd returns the smallest key after every key that starts with p,
-// or nil if there is none.
-func prefixEnd(p []byte) []byte {
-	end := bytes.Clone(p)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i]++; end[i] != 0 {
-			return end[:i+1]
-		}
-	}
-	return nil
-}
-
-// openMeta checks the directory's format marker, writing it in a new
-// database, and advances the persisted epoch, returning the new one. A
-// read-only engine writes nothing: its epoch is one past the stored one, so
-// every marker reads as an earlier process's.
-func (s *store) openMeta(readOnly bool) (uint64, error) {
-	format, err := s.getMeta(metaFormat)
-	if err != nil {
-		return 0, err
-	}
-	if format == nil {
-		// A new database, or a Pebble database that idem did not write.
-		empty, err := s.empty()
-		if err != nil {
-			return 0, err
-		}
-		if !empty {
-			return 0, notDatabase("a Pebble database with other data")
-		}
-		if readOnly {
-			return 0, errEmptyDatabase
-		}
-	}
-	var epoch uint64
-	if raw, err := s.getMeta(metaEpoch); err != nil {
-		return 0, err
-	} else if raw != nil {
-		if len(raw) != 8 {
-			return 0, fmt.Errorf("%w: epoch of %d bytes", ErrCorrupt, len(raw))
-		}
-		epoch = binary.BigEndian.Uint64(raw)
-	}
-	switch {
-	case format == nil && epoch == 0:
-		// A new database.
-	case string(format) != formatName && string(format) != formatIdemV1:
-		return 0, fmt.Errorf("idem: unsupported data format %q (this version reads %q and %q)", format, formatName, formatIdemV1)
-	}
-	epoch++
-	if readOnly {
-		return epoch, nil
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	var buf [8]byte
-	binary.BigEndian.PutUint64(buf[:], epoch)
-	if err := b.Set(metaEpoch, buf[:], nil); err != nil {
-		return 0, err
-	}
-	if err := b.Set(metaFormat, []byte(formatName), nil); err != nil {
-		return 0, err
-	}
-	if err := s.commit(b, pebble.Sync); err != nil {
-		return 0, err
-	}
-	return epoch, nil
-}
-
-// empty reports whether the database holds no key at all.
-func (s *store) empty() (bool, error) {
-	it, err := s.db.NewIter(nil)
-	if err != nil {
-		return false, err
-	}
-	valid := it.First()
-	return !valid, it.Close()
-}
-
-func (s *store) getMeta(k []byte) ([]byte, error) {
-	v, closer, err := s.db.Get(k)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	out := bytes.Clone(v)
-	closer.Close()
-	return out, nil
-}
-
-// recordKeys calls add with the key of every record. It stops with ctx's
-// error when ctx ends.
-func (s *store) recordKeys(ctx context.Context, add func(string)) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
-	if err != nil {
-		return err
-	}
-	n := 0
-	for valid := it.First(); valid; valid = it.Next() {
-		add(string(it.Key()[1:]))
-		if n++; n%4096 == 0 {
-			if err := ctx.Err(); err != nil {
-				it.Close()
-				return err
-			}
-		}
-	}
-	return it.Close()
-}
-
-// notDatabaseError is an ErrNotDatabase with its reason; Open adds the
-// directory.
-type notDatabaseError struct{ reason string }
-
-func notDatabase(reason string) error { return &notDatabaseError{reason} }
-
-// errEmptyDatabase is openMeta's error for a Pebble database with no key at
-// all, read-only: one that an Open which died before its first commit
-// left, or an empty one of another program. A writable Open makes it an
-// idem database.
-var errEmptyDatabase = notDatabase("an empty Pebble database")
-
-func (e *notDatabaseError) Error() string { return ErrNotDatabase.Error() + ": " + e.reason }
-
-func (e *notDatabaseError) Is(target error) bool { return target == ErrNotDatabase }

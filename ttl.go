@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-
-	"github.com/cockroachdb/pebble/v2"
 )
 
 // Expiry.
@@ -65,6 +63,18 @@ func (e *Engine) sweepSlice(ctx context.Context, cur *sweepCursor, quota int64) 
 	e.sweepMu.Lock()
 	defer e.sweepMu.Unlock()
 	now := e.now()
+	if e.local == nil {
+		// Another store: it sweeps itself, if it needs sweeping.
+		if e.storeSweeper == nil {
+			return 0, nil
+		}
+		n, err := e.storeSweeper.Sweep(ctx, now)
+		e.stats.swept.Add(uint64(max(n, 0)))
+		if err != nil {
+			return n, fmt.Errorf("idem: sweep: %w", err)
+		}
+		return n, nil
+	}
 	removed := 0
 	for done := int64(0); done < quota; {
 		if err := ctx.Err(); err != nil {
@@ -100,7 +110,7 @@ func sliceQuota(records int64, ttl, interval time.Duration) int64 {
 func (e *Engine) sweepStep(after []byte, now int64) (next []byte, read, removed int, err error) {
 	var expired []string
 	corrupt := 0
-	next, err = e.store.scanExpiries(after, sweepBatch, func(key []byte, expires int64, ok bool) {
+	next, err = e.local.scanExpiries(after, sweepBatch, func(key []byte, expires int64, ok bool) {
 		read++
 		switch {
 		case !ok:
@@ -141,81 +151,26 @@ func (e *Engine) sweepKeys(keys []string, now int64) (int, error) {
 			continue // held by a Do call or a Forget: not ours to judge now
 		}
 		held = append(held, key)
-		rec, found, err := e.store.get(key)
+		rec, size, found, err := e.local.get(key)
 		if err != nil {
 			e.logger.Warn("idem: sweep skipped a record", "error", err)
 			continue
 		}
-		if !found || !rec.expired(now) {
+		if !found || !rec.Expired(now) {
 			continue // gone, or stored again since it was read
 		}
-		del = append(del, sweptRecord{key: key, size: rec.size})
-		if rec.state == StateInFlight {
+		del = append(del, sweptRecord{key: key, size: size})
+		if rec.State == StateInFlight {
 			e.orphans.Delete(key)
 		}
 	}
 	if len(del) == 0 {
 		return 0, nil
 	}
-	if err := e.store.deleteRecords(del); err != nil {
+	if err := e.local.deleteRecords(del); err != nil {
 		return 0, err
 	}
 	return len(del), nil
-}
-
-type sweptRecord struct {
-	key  string
-	size uint32
-}
-
-// deleteRecords deletes the records of del in one batch, without fsync: a
-// delete lost in a crash only leaves an expired record for the next sweep.
-func (s *store) deleteRecords(del []sweptRecord) error {
-	b := s.db.NewBatch()
-	defer b.Close()
-	for _, d := range del {
-		if err := b.DeleteSized(recordKey(d.key), d.size, nil); err != nil {
-			return err
-		}
-	}
-	return s.commit(b, pebble.NoSync)
-}
-
-// scanExpiries calls fn with the key (valid during the call) and the expiry
-// of up to limit records after the record key after (from the first if
-// after is nil), in key order, reading only the start of each record; ok is
-// false for a record whose start does not decode. It returns the record key
-// to continue after, or nil at the end.
-func (s *store) scanExpiries(after []byte, limit int, fn func(key []byte, expires int64, ok bool)) ([]byte, error) {
-	return s.scanChunk([]byte{prefixRecord}, []byte{prefixRecord + 1}, after, limit, func(k, v []byte) {
-		expires, err := recordExpiry(v)
-		fn(k[1:], expires, err == nil)
-	})
-}
-
-// successor returns the smallest key after k.
-func successor(k []byte) []byte {
-	return append(append(make([]byte, 0, len(k)+1), k...), 0)
-}
-
-// dropOldIndex deletes the expiry index that earlier versions kept
-// (x<expiry><key> keys), if the directory has one: nothing reads it now.
-func (s *store) dropOldIndex() error {
-	lower, upper := []byte{prefixIndex}, []byte{prefixIndex + 1}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return err
-	}
-	found := it.First()
-	if err := it.Close(); err != nil || !found {
-		return err
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteRange(lower, upper, nil); err != nil {
-		return err
-	}
-	return s.commit(b, pebble.Sync)
 }
 
 // sweepTick is the background sweeper's work of one interval: a slice of

@@ -21,8 +21,9 @@
 // A harness that can do more says so by implementing optional interfaces,
 // discovered by type assertion: Reopener (close an engine and open its store
 // again, a restart), Sharer (open another engine on the same store, for
-// backends where several engines share one) and Durabilities (the
-// Options.Durability values to run the suite under). The cases that need a
+// backends where several engines share one), Durabilities (the
+// Options.Durability values to run the suite under) and SelfSweeping (a
+// store that removes expired records itself). The cases that need a
 // capability the harness lacks are skipped.
 //
 // Each case opens its own engines, with a clock that it moves by hand
@@ -72,6 +73,16 @@ type Sharer interface {
 	// harness opened, with opts, while e stays open. The new engine is
 	// closed when t ends.
 	OpenShared(t *testing.T, e *idem.Engine, opts *idem.Options) *idem.Engine
+}
+
+// SelfSweeping is a Harness whose store removes expired records by itself
+// (it implements no idem.Sweeper, as a JetStream bucket with per-message
+// TTLs): Sweep returns 0 for it, and the suite checks that rather than a
+// count of records swept.
+type SelfSweeping interface {
+	Harness
+	// SelfSweeping is a marker; it is never called.
+	SelfSweeping()
 }
 
 // Durabilities is a Harness whose backend supports more than the default
