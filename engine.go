@@ -698,7 +698,7 @@ func (e *Engine) orphan(st *leadState, key string, c *call) {
 	case e.shared && st.marked:
 		marker := StoredRecord{State: StateInFlight, Fingerprint: c.fp, Created: st.claimed, Expires: e.expiry(st.claimed)}
 		if _, err := e.store.Update(context.Background(), key, marker, st.rev, WriteClaim); err != nil && !errors.Is(err, ErrStoreConflict) {
-			e.logger.Error("idem: fn ran but its outcome could not be stored, nor its claim marked interrupted; other engines wait for the key until it expires or this engine forgets it", "key_len", len(key), "error", err)
+			e.logger.Error("idem: fn ran, but storing its outcome failed and so did marking its claim interrupted; the store may yet store either, and if it stores neither, other engines wait for the key until it expires or this engine forgets it", "key_len", len(key), "error", err)
 		}
 	case !st.marked:
 		marker := StoredRecord{State: StateInFlight, Fingerprint: c.fp, Owner: e.owner, Created: st.claimed, Expires: e.expiry(st.claimed)}

@@ -94,6 +94,13 @@ The engine's database goes in a temporary directory, removed at the end; with
 -dir it is kept, for a look with 'idem stats DIR', 'idem ls DIR' and
 'idem get DIR pay-000042'.
 
+The cluster version of this demo, with an engine on each node of a NATS
+JetStream cluster embedded in one process, and the node that leads their
+bucket stopped in the middle, is in the idemnats module, so that this module
+pulls no NATS dependency (-cluster N, for N > 1, says so). In the repository:
+
+	cd idemnats && go run ./cmd/demo -cluster 3
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -101,12 +108,14 @@ Flags:
 	var (
 		cfg        demoConfig
 		durability string
+		nodes      int
 	)
 	fs.IntVar(&cfg.Payments, "payments", 3000, "number of payments (at least 2)")
 	fs.IntVar(&cfg.Workers, "workers", 32, "number of concurrent clients")
 	fs.StringVar(&durability, "durability", "all", "the engine's durability mode: all, result or none")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed of the scenario's random choices")
 	fs.StringVar(&cfg.Dir, "dir", "", "directory for the engine, which must be empty or absent and is kept\n(default a temporary directory, removed at the end)")
+	fs.IntVar(&nodes, "cluster", 1, "number of nodes; above 1, the demo to run is the idemnats module's\n(cd idemnats && go run ./cmd/demo -cluster N)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -120,6 +129,11 @@ Flags:
 	switch {
 	case fs.NArg() > 0:
 		return fail("unexpected argument %q", fs.Arg(0))
+	case nodes < 1:
+		return fail("-cluster must be at least 1, not %d", nodes)
+	case nodes > 1:
+		return fail("-cluster %d: the cluster demo is in the idemnats module, so that this one pulls\n"+
+			"no NATS dependency. In the repository, run:\n\n\tcd idemnats && go run ./cmd/demo -cluster %d", nodes, nodes)
 	case cfg.Payments < 2:
 		return fail("-payments must be at least 2, not %d", cfg.Payments)
 	case cfg.Workers < 1:

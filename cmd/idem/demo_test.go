@@ -54,3 +54,43 @@ func TestDemoHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoCluster checks that demo -cluster N, for N > 1, runs nothing and
+// says where the cluster demo is, with the command to run it, that
+// -cluster 1 is the single-node demo, and that demo -h tells of both.
+func TestDemoCluster(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"demo", "-h"}, strings.NewReader(""), &stdout, &stderr); code != exitOK {
+		t.Fatalf("demo -h: exit status %d", code)
+	}
+	for _, want := range []string{"\n\tcd idemnats && go run ./cmd/demo -cluster 3\n", "\n  -cluster int\n"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("demo -h does not contain %q:\n%s", want, stderr.String())
+		}
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	code := run(context.Background(), []string{"demo", "-cluster", "5", "-payments", "10"}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitUsage {
+		t.Errorf("demo -cluster 5: exit status %d, want %d", code, exitUsage)
+	}
+	if stdout.Len() > 0 {
+		t.Errorf("demo -cluster 5 wrote to stdout: %q", stdout.String())
+	}
+	for _, want := range []string{"idemnats module", "no NATS dependency", "\n\tcd idemnats && go run ./cmd/demo -cluster 5\n"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("demo -cluster 5: stderr %q does not contain %q", stderr.String(), want)
+		}
+	}
+
+	stdout.Reset()
+	stderr.Reset()
+	code = run(context.Background(), []string{"demo", "-cluster", "1", "-payments", "10", "-workers", "2"}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("demo -cluster 1: exit status %d, want 0; stderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "\nduplicates executed  ") {
+		t.Errorf("demo -cluster 1: no table in the output:\n%s", stdout.String())
+	}
+}

@@ -117,6 +117,7 @@ func TestRun(t *testing.T) {
 		{args: []string{"demo", "-workers", "0"}, code: exitUsage, stderr: "-workers must be at least 1", noStdout: true},
 		{args: []string{"demo", "-durability", "sometimes"}, code: exitUsage, stderr: "-durability must be all, result or none", noStdout: true},
 		{args: []string{"demo", "extra"}, code: exitUsage, stderr: `unexpected argument "extra"`, noStdout: true},
+		{args: []string{"demo", "-cluster", "0"}, code: exitUsage, stderr: "-cluster must be at least 1", noStdout: true},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
