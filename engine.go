@@ -36,7 +36,10 @@ var (
 	// ErrInFlight is returned when the key's fn is running in another call
 	// and this call does not wait for it: with Options.NoWait, or when the
 	// waiting call's context ends (the error then matches the context's
-	// error too). (HTTP: 409.)
+	// error too). With a shared store it is also returned for a key whose
+	// claim by this engine failed with its outcome unknown, until the store
+	// has resolved it: fn did not run, and a later retry runs it. (HTTP:
+	// 409.)
 	ErrInFlight = errors.New("idem: a call for this key is in flight")
 	// ErrInterrupted is returned for a key whose fn was running when an
 	// earlier process stopped: its outcome is unknown, so fn does not run
@@ -447,6 +450,14 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 			// otherwise a claim whose fn was cut off (an earlier
 			// process's, a dead engine's, or one of this engine whose
 			// call could not store its outcome). Its outcome is unknown.
+			if e.resolving(key, &rec) {
+				// This engine's own claim, whose write failed with its
+				// outcome unknown: fn did not run for it, and the store
+				// takes it back once it knows (see Store.Create). Not
+				// interrupted: a retry will run fn.
+				e.stats.conflicts.Add(1)
+				return e.finish(st, key, c, outcome{share: true, err: ErrInFlight}, nil)
+			}
 			live, err := e.claimAlive(ctx, &rec)
 			if err != nil {
 				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
@@ -546,6 +557,19 @@ func (e *Engine) read(ctx context.Context, key string) (rec StoredRecord, rev ui
 		return StoredRecord{}, 0, false, nil
 	}
 	return StoredRecord{}, 0, false, err
+}
+
+// resolving reports whether r, key's in-flight marker, is a claim of this
+// engine in a shared store that no call holds and that is not an orphan:
+// one whose write returned an error, and which the store may have stored
+// after all. Its fn never ran. (With Pebble's store, whose failed writes
+// store nothing, there is none.)
+func (e *Engine) resolving(key string, r *StoredRecord) bool {
+	if !e.shared || r.Owner != e.owner {
+		return false
+	}
+	_, orphan := e.orphans.Load(key)
+	return !orphan
 }
 
 // claimAlive reports whether r, an in-flight marker that has not expired and

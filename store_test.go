@@ -1,7 +1,11 @@
 package idem_test
 
 import (
+	"context"
+	"errors"
+	"iter"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -112,4 +116,77 @@ func TestNewBadOptionsClosesTheStore(t *testing.T) {
 	e, err := idem.Open(memDir, &idem.Options{FS: fs})
 	require.NoError(t, err, "New closed the store it refused")
 	require.NoError(t, e.Close())
+}
+
+// unknownClaims is a shared store (Pebble's underneath, used by one engine)
+// whose next claim is stored and then reported as failed, as a claim whose
+// write timed out with its outcome unknown is in a shared store. Create
+// checks for a record, as a shared store's must: the engine claims first.
+type unknownClaims struct {
+	idem.Store
+	failNext atomic.Bool
+}
+
+func (s *unknownClaims) Info() idem.StoreInfo {
+	info := s.Store.Info()
+	info.Shared = true
+	return info
+}
+
+func (s *unknownClaims) Create(ctx context.Context, key string, rec idem.StoredRecord, w idem.Write) (uint64, error) {
+	if _, _, err := s.Store.Get(ctx, key); err == nil {
+		return 0, idem.ErrStoreConflict
+	}
+	rev, err := s.Store.Create(ctx, key, rec, w)
+	if err == nil && w == idem.WriteClaim && s.failNext.CompareAndSwap(true, false) {
+		return 0, errors.New("timed out: the outcome is unknown")
+	}
+	return rev, err
+}
+
+// A claim of this engine whose write failed but landed is not an
+// interrupted run: fn never ran. Until the store takes it back, the engine
+// says the key is in flight, and a retry after that runs fn once.
+func TestOwnUnresolvedClaimIsInFlightNotInterrupted(t *testing.T) {
+	st, err := idem.OpenPebbleStore(memDir, &idem.Options{FS: vfs.NewMem()})
+	require.NoError(t, err)
+	s := &unknownClaims{Store: st}
+	e, err := idem.New(s, nil)
+	require.NoError(t, err)
+	defer e.Close()
+	ctx := context.Background()
+	runs := 0
+	fn := func(context.Context) ([]byte, error) { runs++; return []byte("v"), nil }
+
+	s.failNext.Store(true)
+	_, err = e.Do(ctx, "k", nil, fn)
+	require.ErrorContains(t, err, "outcome is unknown")
+	require.Zero(t, runs)
+
+	_, err = e.Do(ctx, "k", nil, fn)
+	require.ErrorIs(t, err, idem.ErrInFlight)
+	require.NotErrorIs(t, err, idem.ErrInterrupted)
+	require.Zero(t, runs)
+	rec, err := e.Lookup("k")
+	require.NoError(t, err)
+	require.Equal(t, idem.StateInFlight, rec.State)
+	require.Empty(t, collect(t, e.Interrupted()), "not listed as interrupted")
+
+	// The store takes the claim back (a delete, as idemnats's resolver
+	// does); the next call runs fn.
+	require.NoError(t, s.Store.Delete(ctx, "k", 0, idem.WriteRelease))
+	res, err := e.Do(ctx, "k", nil, fn)
+	require.NoError(t, err)
+	require.False(t, res.Replayed)
+	require.Equal(t, 1, runs)
+}
+
+func collect(t *testing.T, seq iter.Seq2[idem.Record, error]) []idem.Record {
+	t.Helper()
+	var out []idem.Record
+	for r, err := range seq {
+		require.NoError(t, err)
+		out = append(out, r)
+	}
+	return out
 }
