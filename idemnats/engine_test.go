@@ -874,6 +874,7 @@ func testOpenBeforeReady(t *testing.T, twoOfThree bool) {
 	require.NoError(t, o.err)
 	t.Cleanup(func() { o.e.Close() })
 	t.Logf("Open's log:\n%s", log.String())
+	require.NotContains(t, log.String(), "fewer than 3 replicas", "three replicas: no warning")
 	var runs atomic.Int64
 	res, err := o.e.Do(ctx, "k", nil, valueFn(&runs, "v"))
 	require.NoError(t, err)
@@ -882,4 +883,17 @@ func testOpenBeforeReady(t *testing.T, twoOfThree bool) {
 	for _, name := range []string{"KV_early", "KV_early-1"} {
 		require.Equal(t, 3, streamInfo(ctx, t, js, name).Config.Replicas)
 	}
+}
+
+// A bucket of fewer than three replicas does not survive the loss of a
+// node: Open says so in the log (and says nothing of three: see
+// TestOpenBeforeClusterReady).
+func TestOpenWarnsOfFewReplicas(t *testing.T) {
+	nodes := startCluster(t, 1)
+	var log lockedBuffer
+	logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := idemnats.Open(newConn(t, nodes[0]), &idemnats.Options{Bucket: "one", Engine: &idem.Options{Logger: logger}})
+	require.NoError(t, err)
+	require.NoError(t, e.Close())
+	require.Contains(t, log.String(), "fewer than 3 replicas")
 }
