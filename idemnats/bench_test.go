@@ -3,8 +3,8 @@ package idemnats_test
 // Benchmarks of the engine on a bucket against its floor: the raw
 // JetStream requests an engine needs at least, sent through the same
 // connections to a bucket with the engine's own settings, in the same
-// cluster, in the same run. BENCHMARKS.md (the lead's) says how to read
-// them; the ratios come from runs that alternate the engine and its floor:
+// cluster, in the same run. BENCHMARKS.md reports them; its ratios come
+// from runs that alternate the engine and its floor:
 //
 //	go test -c -o idemnats.test .
 //	./idemnats.test -test.run '^$' -test.benchtime 2s -test.bench 'NATS/nodes=3/new/idem/callers=64$'
@@ -13,7 +13,8 @@ package idemnats_test
 // The clusters are in-process (startCluster): nodes=1 is a single node and
 // a bucket of one replica, nodes=3 a cluster of three and a bucket of
 // three replicas, every node with sync_interval: always (StartNode's
-// default). Each node has its own connection, and an engine on it; call i
+// default). The engines keep their records in one bucket (Options.Buckets
+// left at its default, 1), which the floor reads directly. Each node has its own connection, and an engine on it; call i
 // of a benchmark goes to node i mod nodes, engine and floor alike, as a
 // load balancer spreads requests over the replicas of a service.
 //
@@ -50,7 +51,7 @@ var natsValue = make([]byte, 64)
 func natsFn(context.Context) ([]byte, error) { return natsValue, nil }
 
 // natsReplayKeys is the number of keys that the replay benchmarks load and
-// then read in random order.
+// then read in random order; 512 under -short, for a smoke run.
 const natsReplayKeys = 4096
 
 // latencySample is the number of latencies each caller keeps: a uniform
@@ -111,7 +112,11 @@ func BenchmarkNATS(b *testing.B) {
 			})
 			b.Run("replay", func(b *testing.B) {
 				es := c.openEngines(b, "replay")
-				keys := loadKeys(b, es, natsReplayKeys)
+				count := natsReplayKeys
+				if testing.Short() {
+					count = 512
+				}
+				keys := loadKeys(b, es, count)
 				b.Run("idem", func(b *testing.B) {
 					for _, callers := range natsCallers {
 						b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
