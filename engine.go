@@ -520,8 +520,12 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 		}
 		if errors.Is(err, ErrStoreConflict) && e.shared {
 			// Another engine wrote the key since it was read (or it has
-			// a record Create did not know of): read it and decide again.
-			if rec, rev, found, err = e.read(ctx, key); err != nil {
+			// a record Create did not know of): decide again on the
+			// record the store found, or read it.
+			var ce *ConflictError
+			if errors.As(err, &ce) {
+				rec, rev, found = ce.Record, ce.Rev, true
+			} else if rec, rev, found, err = e.read(ctx, key); err != nil {
 				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
 			}
 			known, now = true, e.now()

@@ -25,6 +25,22 @@ import (
 // anew; callers of Do never see it.
 var ErrStoreConflict = errors.New("idem: store: the key's record changed")
 
+// A ConflictError is an ErrStoreConflict that carries the key's record as
+// the store found it when it refused a Create, with its revision: the
+// engine decides on it rather than read the key again (a shared store that
+// checks a refusal with a read has the record in hand). A store may return
+// one from Create only, and only with a record that Get would return.
+type ConflictError struct {
+	Record StoredRecord
+	Rev    uint64
+}
+
+// Error returns ErrStoreConflict's message.
+func (e *ConflictError) Error() string { return ErrStoreConflict.Error() }
+
+// Is reports whether target is ErrStoreConflict.
+func (e *ConflictError) Is(target error) bool { return target == ErrStoreConflict }
+
 // Write says which of the engine's writes a Store call is, so that a store
 // can choose how durable to make it; Options.Durability is the Pebble
 // store's choice. A shared store must make every write durable before it

@@ -190,3 +190,51 @@ func collect(t *testing.T, seq iter.Seq2[idem.Record, error]) []idem.Record {
 	}
 	return out
 }
+
+// carrying is a shared store (Pebble's underneath, one engine) whose Create
+// refuses a key with a record by an idem.ConflictError that carries it, as
+// idemnats's does; it counts the engine's reads.
+type carrying struct {
+	idem.Store
+	gets atomic.Int64
+}
+
+func (s *carrying) Info() idem.StoreInfo {
+	info := s.Store.Info()
+	info.Shared = true
+	return info
+}
+
+func (s *carrying) Get(ctx context.Context, key string) (idem.StoredRecord, uint64, error) {
+	s.gets.Add(1)
+	return s.Store.Get(ctx, key)
+}
+
+func (s *carrying) Create(ctx context.Context, key string, rec idem.StoredRecord, w idem.Write) (uint64, error) {
+	if cur, rev, err := s.Store.Get(ctx, key); err == nil {
+		return 0, &idem.ConflictError{Record: cur, Rev: rev}
+	}
+	return s.Store.Create(ctx, key, rec, w)
+}
+
+// A replay on a shared store whose refused claim carries the record reads
+// nothing more: one request where there were two.
+func TestReplayDecidesOnTheConflictsRecord(t *testing.T) {
+	st, err := idem.OpenPebbleStore(memDir, &idem.Options{FS: vfs.NewMem()})
+	require.NoError(t, err)
+	s := &carrying{Store: st}
+	e, err := idem.New(s, nil)
+	require.NoError(t, err)
+	defer e.Close()
+	ctx := context.Background()
+	fn := func(context.Context) ([]byte, error) { return []byte("v"), nil }
+	_, err = e.Do(ctx, "k", []byte("fp"), fn)
+	require.NoError(t, err)
+	res, err := e.Do(ctx, "k", []byte("fp"), fn)
+	require.NoError(t, err)
+	require.True(t, res.Replayed)
+	require.Equal(t, "v", string(res.Value))
+	_, err = e.Do(ctx, "k", []byte("other"), fn)
+	require.ErrorIs(t, err, idem.ErrFingerprintMismatch)
+	require.Zero(t, s.gets.Load(), "the engine read the key again")
+}

@@ -397,6 +397,21 @@ func (w *write) msg() *nats.Msg {
 // errConflict is the error of a compare-and-set that found the key changed.
 var errConflict = fmt.Errorf("idemnats: %w", idem.ErrStoreConflict)
 
+// conflictWith returns the error of a create refused for m, the key's
+// record: an idem.ConflictError that hands the record to the engine, so that
+// it need not read the key again; errConflict if m does not decode (the
+// engine's read then reports it).
+func conflictWith(m *stored) error {
+	if m == nil {
+		return errConflict
+	}
+	rec, err := idem.DecodeRecord(m.data)
+	if err != nil {
+		return errConflict
+	}
+	return &idem.ConflictError{Record: rec, Rev: m.seq}
+}
+
 // verdict is what a fresh read says of a write refused for a wrong last
 // sequence.
 type verdict uint8
@@ -409,33 +424,34 @@ const (
 
 // recheck reads w's subject after the stream refused w for a wrong last
 // sequence, and says what to do; for a create it updates w's expected
-// sequence to the delete marker it would go over.
-func (s *store) recheck(ctx context.Context, w *write) (verdict, uint64, error) {
+// sequence to the delete marker it would go over, and on a conflict it
+// returns the record it found, for conflictWith.
+func (s *store) recheck(ctx context.Context, w *write) (verdict, uint64, *stored, error) {
 	m, err := s.load(ctx, w.b, w.subject)
 	switch {
 	case err != nil:
-		return verdictAgain, 0, err
+		return verdictAgain, 0, nil, err
 	case m != nil && m.hdr.Get(hdrMsgID) == w.msgID:
-		return verdictLanded, m.seq, nil
+		return verdictLanded, m.seq, nil, nil
 	case w.create && m == nil:
 		if w.expect == 0 {
 			s.spurious.Add(1)
 		}
 		w.expect = 0 // (or the marker it would go over has expired)
-		return verdictAgain, 0, nil
+		return verdictAgain, 0, nil, nil
 	case w.create && m.tomb:
 		if w.expect == m.seq {
 			s.spurious.Add(1)
 		}
 		w.expect = m.seq // over a delete marker, as KV's Create
-		return verdictAgain, 0, nil
+		return verdictAgain, 0, nil, nil
 	case w.create:
-		return verdictConflict, 0, nil
+		return verdictConflict, 0, m, nil
 	case m != nil && m.seq == w.expect:
 		s.spurious.Add(1)
-		return verdictAgain, 0, nil // a spurious refusal: unchanged
+		return verdictAgain, 0, nil, nil // a spurious refusal: unchanged
 	}
-	return verdictConflict, 0, nil
+	return verdictConflict, 0, nil, nil
 }
 
 // fate is what became of a write, as far as its sender knows.
@@ -510,12 +526,12 @@ func (s *store) apply(ctx context.Context, w *write) (uint64, fate, error) {
 		last = ack.Error
 		switch {
 		case ack.Error.ErrCode == errCodeWrongLastSeq || ack.Error.ErrCode == errCodeWrongLastSeqConst:
-			v, seq, err := s.recheck(ctx, w)
+			v, seq, m, err := s.recheck(ctx, w)
 			switch v {
 			case verdictLanded:
 				return seq, fateStored, nil
 			case verdictConflict:
-				return 0, fateRefused, errConflict
+				return 0, fateRefused, conflictWith(m)
 			}
 			if err != nil {
 				last = err

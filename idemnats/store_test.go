@@ -442,3 +442,31 @@ func TestAttemptTimeouts(t *testing.T) {
 		require.Equal(t, c.want, got, "Timeout %v", c.timeout)
 	}
 }
+
+// A create refused for a key that has a record hands the record to the
+// engine (idem.ConflictError), so that a replay does not read it again.
+func TestCreateConflictCarriesTheRecord(t *testing.T) {
+	nodes := startCluster(t, 1)
+	e, err := idemnats.Open(newConn(t, nodes[0]), &idemnats.Options{Bucket: "carry"})
+	require.NoError(t, err)
+	defer e.Close()
+	ctx := testCtx(t)
+	_, err = e.Do(ctx, "k", []byte("fp"), func(context.Context) ([]byte, error) { return []byte("v"), nil })
+	require.NoError(t, err)
+
+	ts, err := idemnats.OpenTestStore(newConn(t, nodes[0]), &idemnats.Options{Bucket: "carry"})
+	require.NoError(t, err)
+	s := ts.Store()
+	defer s.Close()
+	_, err = s.Create(ctx, "k", idem.StoredRecord{State: idem.StateInFlight, Owner: ts.Owner(), Created: 1, Expires: 2}, idem.WriteClaim)
+	require.ErrorIs(t, err, idem.ErrStoreConflict)
+	var ce *idem.ConflictError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, idem.StateCompleted, ce.Record.State)
+	require.Equal(t, "v", string(ce.Record.Value))
+	require.Equal(t, idem.MakeFingerprint([]byte("fp")), ce.Record.Fingerprint)
+	rec, rev, err := s.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, rev, ce.Rev)
+	require.Equal(t, rec.Value, ce.Record.Value)
+}
