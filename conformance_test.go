@@ -11,22 +11,25 @@ import (
 	"github.com/idemkv/idem/idemtest"
 )
 
-// memHarness runs the conformance suite on the Pebble engine, each store a
-// directory on a MemFS of its own. It implements idemtest.Reopener (Open
-// again on the same MemFS) and idemtest.Durabilities; not idemtest.Sharer:
-// one directory is open in one Engine at a time.
-type memHarness struct {
-	mu  sync.Mutex              // guards fss
-	fss map[*idem.Engine]vfs.FS // the MemFS of each engine opened
+// fsHarness opens engines for the conformance suite, each on a directory
+// of a MemFS of its own, with open; it implements idemtest.Reopener (open
+// again on the same MemFS), not idemtest.Sharer: one directory is open in
+// one Engine at a time.
+type fsHarness struct {
+	open func(fs vfs.FS, opts *idem.Options) (*idem.Engine, error)
+	mu   sync.Mutex              // guards fss
+	fss  map[*idem.Engine]vfs.FS // the MemFS of each engine opened
+}
+
+func newFSHarness(open func(fs vfs.FS, opts *idem.Options) (*idem.Engine, error)) fsHarness {
+	return fsHarness{open: open, fss: make(map[*idem.Engine]vfs.FS)}
 }
 
 const memDir = "db"
 
-func (h *memHarness) open(t *testing.T, fs vfs.FS, opts *idem.Options) *idem.Engine {
+func (h *fsHarness) openOn(t *testing.T, fs vfs.FS, opts *idem.Options) *idem.Engine {
 	t.Helper()
-	o := *opts
-	o.FS = fs
-	e, err := idem.Open(memDir, &o)
+	e, err := h.open(fs, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { e.Close() })
 	h.mu.Lock()
@@ -35,17 +38,29 @@ func (h *memHarness) open(t *testing.T, fs vfs.FS, opts *idem.Options) *idem.Eng
 	return e
 }
 
-func (h *memHarness) Open(t *testing.T, opts *idem.Options) *idem.Engine {
-	return h.open(t, vfs.NewMem(), opts)
+func (h *fsHarness) Open(t *testing.T, opts *idem.Options) *idem.Engine {
+	return h.openOn(t, vfs.NewMem(), opts)
 }
 
-func (h *memHarness) Reopen(t *testing.T, e *idem.Engine, opts *idem.Options) *idem.Engine {
+func (h *fsHarness) Reopen(t *testing.T, e *idem.Engine, opts *idem.Options) *idem.Engine {
 	h.mu.Lock()
 	fs := h.fss[e]
 	h.mu.Unlock()
 	require.NotNil(t, fs, "an engine this harness did not open")
 	require.NoError(t, e.Close())
-	return h.open(t, fs, opts)
+	return h.openOn(t, fs, opts)
+}
+
+// memHarness runs the conformance suite on the Pebble engine (Open), under
+// each durability (idemtest.Durabilities).
+type memHarness struct{ fsHarness }
+
+func newMemHarness() *memHarness {
+	return &memHarness{newFSHarness(func(fs vfs.FS, opts *idem.Options) (*idem.Engine, error) {
+		o := *opts
+		o.FS = fs
+		return idem.Open(memDir, &o)
+	})}
 }
 
 func (h *memHarness) Durabilities() []idem.Durability {
@@ -53,5 +68,5 @@ func (h *memHarness) Durabilities() []idem.Durability {
 }
 
 func TestConformance(t *testing.T) {
-	idemtest.Run(t, &memHarness{fss: make(map[*idem.Engine]vfs.FS)})
+	idemtest.Run(t, newMemHarness())
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"iter"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -24,41 +23,22 @@ type storeOnly struct{ idem.Store }
 // storeHarness runs the conformance suite on the engine's generic paths, on
 // Pebble stores opened through New. It implements idemtest.Reopener and
 // idemtest.SelfSweeping.
-type storeHarness struct {
-	mu  sync.Mutex
-	fss map[*idem.Engine]vfs.FS
-}
+type storeHarness struct{ fsHarness }
 
-func (h *storeHarness) open(t *testing.T, fs vfs.FS, opts *idem.Options) *idem.Engine {
-	t.Helper()
-	st, err := idem.OpenPebbleStore(memDir, &idem.Options{FS: fs})
-	require.NoError(t, err)
-	e, err := idem.New(storeOnly{st}, opts)
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
-	h.mu.Lock()
-	h.fss[e] = fs
-	h.mu.Unlock()
-	return e
-}
-
-func (h *storeHarness) Open(t *testing.T, opts *idem.Options) *idem.Engine {
-	return h.open(t, vfs.NewMem(), opts)
-}
-
-func (h *storeHarness) Reopen(t *testing.T, e *idem.Engine, opts *idem.Options) *idem.Engine {
-	h.mu.Lock()
-	fs := h.fss[e]
-	h.mu.Unlock()
-	require.NotNil(t, fs, "an engine this harness did not open")
-	require.NoError(t, e.Close())
-	return h.open(t, fs, opts)
+func newStoreHarness() *storeHarness {
+	return &storeHarness{newFSHarness(func(fs vfs.FS, opts *idem.Options) (*idem.Engine, error) {
+		st, err := idem.OpenPebbleStore(memDir, &idem.Options{FS: fs})
+		if err != nil {
+			return nil, err
+		}
+		return idem.New(storeOnly{st}, opts)
+	})}
 }
 
 func (h *storeHarness) SelfSweeping() {}
 
 func TestConformanceNew(t *testing.T) {
-	idemtest.Run(t, &storeHarness{fss: make(map[*idem.Engine]vfs.FS)})
+	idemtest.Run(t, newStoreHarness())
 }
 
 func TestNewRefusesPebbleOnlyOptions(t *testing.T) {
