@@ -52,3 +52,17 @@ func CommandContext(t testing.TB, ctx context.Context, name string, arg ...strin
 	})
 	return cmd
 }
+
+// SharedCommandContext is exec.CommandContext for a child process that no
+// one test owns, such as a server that the tests of a package share and
+// their TestMain stops after m.Run. On Linux the child gets SIGKILL when the
+// parent dies, as with CommandContext; but no cleanup kills it when a test
+// ends: whoever starts it must stop it and wait for it. It must be started
+// from an ordinary goroutine (see CommandContext); outside Linux, only its
+// own deadline, if it has one, ends it when the test binary dies without
+// stopping it. A caller that sets SysProcAttr must keep Pdeathsig.
+func SharedCommandContext(ctx context.Context, name string, arg ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, arg...)
+	dieWithParent(cmd)
+	return cmd
+}
