@@ -159,7 +159,10 @@ type Engine struct {
 	// Pebble's figures. Nil for any other store.
 	local *pebbleStore
 	// shared is StoreInfo.Shared: other engines use the same records.
-	shared       bool
+	shared bool
+	// mix guesses, with a shared store, whether a lead had better read
+	// its key or claim it first (order.go).
+	mix          keyMix
 	watcher      Watcher  // the store's, or nil
 	liveness     Liveness // the store's, or nil
 	storeSweeper Sweeper  // the store's, or nil (Pebble's sweeps through local)
@@ -410,10 +413,14 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 //
 // With a store of its own (Pebble's), the engine reads the key's record and
 // then claims the key with a plain write: its lock table keeps every other
-// call out. With a shared store it claims first, with Create, since most
-// keys are new: a claim that another engine won is read then, and decided
+// call out. With a shared store it claims first, with Create (one request
+// for a new key, two for a key with a record), while most of its recent
+// leads found no record, and reads first (two and one) while most found
+// one: e.mix keeps the count, and order.go says why one half is the
+// break-even. A claim that another engine won, or a record that changed
+// since it was read, is read then (or taken from the refusal) and decided
 // on like any record. Either way every decision rests on the store's
-// atomic writes (see Store).
+// atomic writes (see Store), not on the order.
 func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error), st *leadState) (Result, error) {
 	var (
 		rec   StoredRecord
@@ -421,8 +428,9 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 		found bool // the key has a record, rec, expired or not
 		known bool // rec and found are what the store holds
 		waits int  // times this call waited for another engine's claim
+		learn bool // claiming first: the first Create's answer is e.mix's sample
 	)
-	if !e.shared {
+	if !e.shared || e.mix.readFirst() {
 		known = true
 		if e.local == nil || !e.filter.absent(key) {
 			var err error
@@ -430,6 +438,11 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
 			}
 		}
+		if e.shared {
+			e.mix.add(found)
+		}
+	} else {
+		learn = true
 	}
 	for {
 		if known && found && !rec.Expired(now) {
@@ -517,6 +530,10 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 			rev, err = e.store.Update(ctx, key, marker, rev, WriteClaim)
 		} else {
 			rev, err = e.store.Create(ctx, key, marker, WriteClaim)
+			if learn && (err == nil || errors.Is(err, ErrStoreConflict)) {
+				e.mix.add(err != nil)
+			}
+			learn = false
 		}
 		if errors.Is(err, ErrStoreConflict) && e.shared {
 			// Another engine wrote the key since it was read (or it has

@@ -10,3 +10,7 @@ func OpenPebbleStore(dir string, opts *Options) (Store, error) {
 	}
 	return openStore(dir, o)
 }
+
+// ReadFirst makes e, on a shared store, read before it claims, as if its
+// recent calls had all found a record (until its calls say otherwise).
+func ReadFirst(e *Engine) { e.mix.v.Store(mixOne) }

@@ -125,9 +125,12 @@ type StoreInfo struct {
 
 	// Shared is true when other engines, in this process or others, use
 	// the same records at once. The engine then claims a key with Create
-	// before reading it, keeps no cache of records (another engine may
-	// Forget one), waits for another engine's claim through Watcher, and
-	// asks Liveness whether that engine is still there.
+	// before reading it while most of its recent calls found no record
+	// (one request for a new key), and reads it first while most found
+	// one (one request for a replay); either way a Create or Update that
+	// conflicts is decided on again. It keeps no cache of records (another
+	// engine may Forget one), waits for another engine's claim through
+	// Watcher, and asks Liveness whether that engine is still there.
 	Shared bool
 }
 

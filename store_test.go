@@ -101,7 +101,8 @@ func TestNewBadOptionsClosesTheStore(t *testing.T) {
 // unknownClaims is a shared store (Pebble's underneath, used by one engine)
 // whose next claim is stored and then reported as failed, as a claim whose
 // write timed out with its outcome unknown is in a shared store. Create
-// checks for a record, as a shared store's must: the engine claims first.
+// checks for a record, as a shared store's must: an engine whose calls
+// found no record yet claims first.
 type unknownClaims struct {
 	idem.Store
 	failNext atomic.Bool
