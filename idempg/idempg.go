@@ -139,8 +139,9 @@ func (o *Options) withDefaults() (Options, error) {
 // server's max_connections.
 //
 // The engine uses pool and never closes it; Engine.Close stops the store's
-// goroutines, closes its own two connections and deletes the engine's
-// heartbeat. Close pool after the engine.
+// goroutines, closes its own two connections and marks the engine's
+// heartbeat dead, so that other engines report its claims as interrupted at
+// once. Close pool after the engine.
 //
 // Unknown outcomes: a write whose connection broke before its answer may or
 // may not have been committed. The store sends it again (each write has an

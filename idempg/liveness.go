@@ -21,7 +21,9 @@ import (
 // clocks need not agree). The heartbeat runs in a goroutine of its own,
 // independent of the calls: an engine whose fn runs for an hour stays
 // alive. A failed heartbeat is logged (at Warn, at most once a window) and
-// tried again after a short pause, on a new connection. Close deletes it.
+// tried again after a short pause, on a new connection. Close marks it dead
+// for good (expires -infinity, which a late beat does not overwrite), and
+// the next sweep deletes it.
 //
 // Watch waits for a key's record to change through LISTEN/NOTIFY, on one
 // more connection of the engine's own, which LISTENs on the table's channel
