@@ -350,10 +350,10 @@ func (s *store) recordWrite(o op, key string, rec *idem.StoredRecord, w idem.Wri
 var errConflict = fmt.Errorf("idempg: %w", idem.ErrStoreConflict)
 
 // attempt sends w once, and returns its revision if it is stored (by this
-// sending, or, when maybe is set, by an earlier one), errConflict (or an
+// sending, or, when w.sent is set, by an earlier one), errConflict (or an
 // *idem.ConflictError) if the key's record is not as w expects, or the
 // error of the statement.
-func (s *store) attempt(ctx context.Context, w *write, maybe bool) (uint64, error) {
+func (s *store) attempt(ctx context.Context, w *write) (uint64, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, &acquireError{err}
@@ -368,7 +368,7 @@ func (s *store) attempt(ctx context.Context, w *write, maybe bool) (uint64, erro
 		)
 		err := conn.QueryRow(ctx, s.sql.create, w.key, w.wid, w.expires, w.data).Scan(&inserted, &rev, &wid, &data)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows) && !maybe:
+		case errors.Is(err, pgx.ErrNoRows) && !w.sent:
 			// Refused, for a row the statement's snapshot did not hold.
 			return 0, errConflict
 		case errors.Is(err, pgx.ErrNoRows):
@@ -376,14 +376,7 @@ func (s *store) attempt(ctx context.Context, w *write, maybe bool) (uint64, erro
 			// was taken: perhaps by an earlier sending, which this one
 			// waited for on the key's unique index. A new statement sees
 			// it.
-			err = conn.QueryRow(ctx, s.sql.reread, w.key).Scan(&rev, &wid)
-			switch {
-			case err == nil && wid == w.wid:
-				return uint64(rev), nil
-			case err == nil || errors.Is(err, pgx.ErrNoRows):
-				return 0, errConflict
-			}
-			return 0, err
+			return s.landed(ctx, conn, w)
 		case err != nil:
 			return 0, err
 		case inserted || wid == w.wid:
@@ -402,20 +395,12 @@ func (s *store) attempt(ctx context.Context, w *write, maybe bool) (uint64, erro
 			return uint64(rev), nil
 		case !errors.Is(err, pgx.ErrNoRows):
 			return 0, err
-		case !maybe:
+		case !w.sent:
 			return 0, errConflict
 		}
 		// Not at the expected revision: perhaps because an earlier
 		// sending was stored.
-		var wid int64
-		err = conn.QueryRow(ctx, s.sql.reread, w.key).Scan(&rev, &wid)
-		switch {
-		case err == nil && wid == w.wid:
-			return uint64(rev), nil
-		case err == nil || errors.Is(err, pgx.ErrNoRows):
-			return 0, errConflict
-		}
-		return 0, err
+		return s.landed(ctx, conn, w)
 	}
 	var tag pgconn.CommandTag
 	if w.expect == 0 {
@@ -428,7 +413,7 @@ func (s *store) attempt(ctx context.Context, w *write, maybe bool) (uint64, erro
 		return 0, err
 	case tag.RowsAffected() > 0 || w.expect == 0:
 		return 0, nil
-	case !maybe:
+	case !w.sent:
 		return 0, errConflict
 	}
 	// Not at the expected revision: perhaps because an earlier sending
@@ -439,6 +424,21 @@ func (s *store) attempt(ctx context.Context, w *write, maybe bool) (uint64, erro
 	case errors.Is(err, pgx.ErrNoRows):
 		return 0, nil // gone, as the delete meant
 	case err == nil:
+		return 0, errConflict
+	}
+	return 0, err
+}
+
+// landed reads key's row again, in a statement of its own, and returns its
+// revision if w stored it (its write id), errConflict if the row is another
+// write's or gone, or the read's error.
+func (s *store) landed(ctx context.Context, conn *pgxpool.Conn, w *write) (uint64, error) {
+	var rev, wid int64
+	err := conn.QueryRow(ctx, s.sql.reread, w.key).Scan(&rev, &wid)
+	switch {
+	case err == nil && wid == w.wid:
+		return uint64(rev), nil
+	case err == nil || errors.Is(err, pgx.ErrNoRows):
 		return 0, errConflict
 	}
 	return 0, err
@@ -470,7 +470,7 @@ func (s *store) apply(ctx context.Context, w *write) (uint64, fate, error) {
 		if attempt > 0 && !pause(ctx, attempt) {
 			break
 		}
-		rev, err := s.attempt(ctx, w, w.sent)
+		rev, err := s.attempt(ctx, w)
 		switch {
 		case err == nil:
 			return rev, fateStored, nil
