@@ -326,7 +326,15 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 		return Result{}, ErrReadOnly
 	}
 	e.stats.calls.Add(1)
+	if o := e.opts.Observer; o != nil {
+		return e.doObserved(ctx, o, key, fingerprint, fn)
+	}
+	return e.do(ctx, key, fingerprint, fn, nil)
+}
 
+// do is Do's work once its arguments are checked, for the call whose
+// Observer record is co (nil without an Observer).
+func (e *Engine) do(ctx context.Context, key string, fingerprint []byte, fn func(ctx context.Context) ([]byte, error), co *callObs) (Result, error) {
 	fp := digest(fingerprint)
 	c := newLeaderCall(fp)
 	for {
@@ -334,12 +342,12 @@ func (e *Engine) Do(ctx context.Context, key string, fingerprint []byte, fn func
 		hit, hitOK, f, owner := e.locks.acquire(key, c, now)
 		switch {
 		case owner:
-			return e.lead(ctx, key, c, now, fn)
+			return e.lead(ctx, key, c, now, fn, co)
 		case hitOK:
 			leaderCalls.Put(c) // never registered
 			return e.replayCached(&hit, fp)
 		}
-		res, err, retry := e.follow(ctx, f, fp)
+		res, err, retry := e.follow(ctx, f, fp, co)
 		if !retry {
 			leaderCalls.Put(c)
 			return res, err
@@ -365,11 +373,12 @@ func (e *Engine) replayCached(r *cachedRecord, fp Fingerprint) (Result, error) {
 // leadState is what lead and complete know of their call, for the guard that
 // releases the key however they end.
 type leadState struct {
-	finished bool   // the key has been released
-	marked   bool   // the in-flight marker is stored
-	fnDone   bool   // fn has returned normally
-	claimed  int64  // when the key was claimed
-	rev      uint64 // the store's revision of the marker, if marked
+	finished bool     // the key has been released
+	marked   bool     // the in-flight marker is stored
+	fnDone   bool     // fn has returned normally
+	claimed  int64    // when the key was claimed
+	rev      uint64   // the store's revision of the marker, if marked
+	obs      *callObs // the call's Observer record, or nil
 }
 
 // lead handles a call that owns its key since now: it reads the record,
@@ -380,8 +389,8 @@ type leadState struct {
 // (a user error's Error method, a fatal Pebble error): a panic in fn deletes
 // the in-flight marker, as an error would; one after fn returned keeps it,
 // since fn's effects happened, and the key reports ErrInterrupted.
-func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error)) (res Result, err error) {
-	var st leadState
+func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn func(context.Context) ([]byte, error), co *callObs) (res Result, err error) {
+	st := leadState{obs: co}
 	defer func() {
 		if st.finished {
 			return
@@ -395,10 +404,11 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 		if r != nil {
 			err = &panicError{value: r}
 		}
+		st.obs.fnEnd(ErrFnPanicked) // if fn is what panicked
 		if st.fnDone {
 			e.orphan(&st, key, c)
 		} else if st.marked {
-			e.releaseQuietly(key, st.rev)
+			e.releaseQuietly(&st, key)
 		}
 		e.finish(&st, key, c, outcome{share: true, err: err}, nil)
 		if r != nil {
@@ -434,7 +444,7 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 		known = true
 		if e.local == nil || !e.filter.absent(key) {
 			var err error
-			if rec, rev, found, err = e.read(ctx, key); err != nil {
+			if rec, rev, found, err = e.read(ctx, key, st.obs); err != nil {
 				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
 			}
 		}
@@ -483,14 +493,17 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 				if waits == 0 {
 					e.stats.waits.Add(1)
 				}
-				if err := e.waitClaim(ctx, key, rev, waits); err != nil {
+				t0 := st.obs.begin()
+				err := e.waitClaim(ctx, key, rev, waits)
+				st.obs.waitedSince(t0)
+				if err != nil {
 					e.stats.conflicts.Add(1)
 					// Not shared: the followers in this engine wait
 					// with their own contexts.
 					return e.finish(st, key, c, outcome{err: &inFlightError{ctxErr: err}}, nil)
 				}
 				waits++
-				if rec, rev, found, err = e.read(ctx, key); err != nil {
+				if rec, rev, found, err = e.read(ctx, key, st.obs); err != nil {
 					return e.finish(st, key, c, outcome{share: true, err: err}, nil)
 				}
 				now = e.now()
@@ -526,6 +539,7 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 		}
 		marker := StoredRecord{State: StateInFlight, Fingerprint: c.fp, Owner: e.owner, Created: now, Expires: e.expiry(now)}
 		var err error
+		t0 := st.obs.begin()
 		if known && found {
 			rev, err = e.store.Update(ctx, key, marker, rev, WriteClaim)
 		} else {
@@ -535,6 +549,7 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 			}
 			learn = false
 		}
+		st.obs.storeDone(StoreClaim, t0, err)
 		if errors.Is(err, ErrStoreConflict) && e.shared {
 			// Another engine wrote the key since it was read (or it has
 			// a record Create did not know of): decide again on the
@@ -542,7 +557,7 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 			var ce *ConflictError
 			if errors.As(err, &ce) {
 				rec, rev, found = ce.Record, ce.Rev, true
-			} else if rec, rev, found, err = e.read(ctx, key); err != nil {
+			} else if rec, rev, found, err = e.read(ctx, key, st.obs); err != nil {
 				return e.finish(st, key, c, outcome{share: true, err: err}, nil)
 			}
 			known, now = true, e.now()
@@ -562,15 +577,18 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 	e.locks.setRunning(key, c)
 	e.stats.executions.Add(1)
 
-	v, fnErr := fn(ctx)
+	v, fnErr := fn(st.obs.fnStart(ctx))
 	st.fnDone = true
+	st.obs.fnEnd(fnErr)
 	return e.complete(st, key, c, v, fnErr)
 }
 
 // read returns key's record and its revision, with found false if it has
-// none.
-func (e *Engine) read(ctx context.Context, key string) (rec StoredRecord, rev uint64, found bool, err error) {
+// none. co, if not nil, is the Observer record of the call that reads.
+func (e *Engine) read(ctx context.Context, key string, co *callObs) (rec StoredRecord, rev uint64, found bool, err error) {
+	t0 := co.begin()
 	rec, rev, err = e.store.Get(ctx, key)
+	co.storeDone(StoreRead, t0, err)
 	switch {
 	case err == nil:
 		return rec, rev, true, nil
@@ -665,8 +683,11 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	var tooLarge error
 	switch {
 	case fnErr != nil && !isPermanent(fnErr):
+		if st.obs != nil {
+			st.obs.failed = true
+		}
 		if st.marked {
-			e.releaseQuietly(key, st.rev)
+			e.releaseQuietly(st, key)
 		}
 		return e.finish(st, key, c, outcome{share: true, err: fnErr}, nil)
 	case fnErr != nil && len(fnErr.Error()) > e.opts.MaxValueSize:
@@ -676,7 +697,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	}
 	if tooLarge != nil {
 		if st.marked {
-			e.releaseQuietly(key, st.rev)
+			e.releaseQuietly(st, key)
 		}
 		return e.finish(st, key, c, outcome{share: true, err: tooLarge}, nil)
 	}
@@ -691,16 +712,21 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	// answered from a record that is not yet durable. (Context.Background:
 	// fn has run, and its outcome is stored whatever the caller's ctx.)
 	var err error
+	t0 := st.obs.begin()
 	if st.marked {
 		_, err = e.store.Update(context.Background(), key, rec, st.rev, WriteResult)
 	} else {
 		_, err = e.store.Create(context.Background(), key, rec, WriteResult)
 	}
+	st.obs.storeDone(StoreComplete, t0, err)
 	if err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
 		// key reports ErrInterrupted from now on.
 		e.orphan(st, key, c)
 		return e.finish(st, key, c, outcome{share: true, res: Result{Value: v}, err: fmt.Errorf("idem: storing the result: %w", err)}, nil)
+	}
+	if st.obs != nil {
+		st.obs.stored = true
 	}
 	// A new record is not cached: most keys are never retried, and caching
 	// each would cost every new key an eviction. Replays read it from Pebble
@@ -763,7 +789,7 @@ func (e *Engine) orphan(st *leadState, key string, c *call) {
 // or panics, the marker stays and the key reports ErrInterrupted: safe,
 // since the outcome is then unknown to later calls. (A panic of Pebble's
 // commit does not come back here: store.commit stops the process.)
-func (e *Engine) releaseQuietly(key string, rev uint64) {
+func (e *Engine) releaseQuietly(st *leadState, key string) {
 	var err error
 	func() {
 		defer func() {
@@ -771,7 +797,9 @@ func (e *Engine) releaseQuietly(key string, rev uint64) {
 				err = fmt.Errorf("panic: %v", r)
 			}
 		}()
-		err = e.store.Delete(context.Background(), key, rev, WriteRelease)
+		t0 := st.obs.begin()
+		err = e.store.Delete(context.Background(), key, st.rev, WriteRelease)
+		st.obs.storeDone(StoreRelease, t0, err)
 		if errors.Is(err, ErrStoreConflict) {
 			err = nil // the claim is gone already: nothing to release
 		}
@@ -794,7 +822,7 @@ func (e *Engine) finish(st *leadState, key string, c *call, out outcome, rec *St
 // follow waits for the owner of a key. It returns the outcome to share, or
 // retry true when the caller must try to own the key again: the owner was
 // not a Do leader with the same fingerprint, or it left nothing to share.
-func (e *Engine) follow(ctx context.Context, f follower, fp Fingerprint) (res Result, err error, retry bool) {
+func (e *Engine) follow(ctx context.Context, f follower, fp Fingerprint, co *callObs) (res Result, err error, retry bool) {
 	c := f.c // only c.fp, c.maint and, after done, c.out may be read
 	checkRunning := func() (Result, error, bool) {
 		if c.fp != fp {
@@ -816,6 +844,8 @@ func (e *Engine) follow(ctx context.Context, f follower, fp Fingerprint) (res Re
 			}
 		}
 		e.stats.waits.Add(1)
+		t0 := co.begin()
+		defer co.waitedSince(t0)
 		running := f.runningCh // nil when never ready: maintenance, or already running
 	wait:
 		for {
@@ -841,6 +871,9 @@ func (e *Engine) follow(ctx context.Context, f follower, fp Fingerprint) (res Re
 	out := &c.out
 	if c.maint || !out.share || c.fp != fp {
 		return Result{}, nil, true
+	}
+	if co != nil {
+		co.shared = true
 	}
 	res = out.res
 	res.Value = cloneBytes(res.Value)
@@ -958,7 +991,7 @@ func (e *Engine) Forget(key string) error {
 	defer e.locks.releaseAll([]string{key}, c)
 	ctx := context.Background()
 	for {
-		rec, rev, found, err := e.read(ctx, key)
+		rec, rev, found, err := e.read(ctx, key, nil)
 		if errors.Is(err, ErrCorrupt) {
 			// A corrupt record can be forgotten.
 			return e.store.Delete(ctx, key, 0, WriteForget)

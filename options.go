@@ -140,6 +140,11 @@ type Options struct {
 	// logger that writes records of level Warn and above to standard error
 	// as text and discards the rest.
 	Logger *slog.Logger
+
+	// Observer, if not nil, watches every Do call: its outcome, and how
+	// long fn, the store's requests and waits took (see Observer). If nil
+	// (the default), none: Do pays one comparison for it.
+	Observer Observer
 }
 
 // withDefaults returns a copy of o with the defaults filled in, or an error

@@ -1,0 +1,264 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+)
+
+// Observer watches an Engine's Do calls: what each one came to, and how long
+// its parts took. Metrics and traces are built on it (the idemprom and
+// idemotel modules), and neither is built into the engine.
+//
+// The engine calls its methods from the goroutine of the Do call they
+// concern, with no lock held, in this order: DoStart; StoreDone after each
+// of the call's requests to the store; FnStart and FnEnd around fn, if the
+// call runs it; DoEnd last. They must be safe for concurrent use, and quick:
+// they add to the time of every call. A panic in one reaches Do's caller, as
+// a panic in fn would; after fn has returned it leaves the key reporting
+// ErrInterrupted, since fn's effects happened.
+//
+// Options.Observer is nil by default, and then Do calls nothing and reads
+// no clock for it.
+type Observer interface {
+	// DoStart is called when a Do call begins, for each call that
+	// Stats.Calls counts (one with valid arguments, on an open, writable
+	// engine). The context it returns goes on with the call: every later
+	// method gets it, and fn gets what FnStart makes of it. A tracer
+	// starts the call's span here; one that has nothing to add returns
+	// ctx. key is the engine key, which a tracer should not record unless
+	// its user asked for it.
+	DoStart(ctx context.Context, key string) context.Context
+
+	// StoreDone is called after each request of the call to the store, with
+	// how long it took and its error: nil when the store answered, even if
+	// the answer was that the key has no record (a read) or that another
+	// call's write came first (a claim or a completion).
+	StoreDone(ctx context.Context, op StoreOp, took time.Duration, err error)
+
+	// FnStart is called just before fn runs; the context it returns is
+	// fn's. A tracer starts fn's span here, as a child of the call's.
+	FnStart(ctx context.Context) context.Context
+
+	// FnEnd is called when fn has returned, with fn's context (as FnStart
+	// returned it), how long fn ran and its error. If fn panics or calls
+	// runtime.Goexit, FnEnd is called with ErrFnPanicked as fn's error,
+	// before the panic goes on.
+	FnEnd(ctx context.Context, took time.Duration, err error)
+
+	// DoEnd is called when the call returns, or panics.
+	DoEnd(ctx context.Context, info DoInfo)
+}
+
+// StoreOp is the kind of a request to the store, for Observer.StoreDone.
+type StoreOp uint8
+
+const (
+	// StoreRead reads the key's record.
+	StoreRead StoreOp = iota
+	// StoreClaim writes the in-flight marker that claims the key before fn
+	// runs. (Pebble's store writes none under SyncNone.)
+	StoreClaim
+	// StoreComplete writes fn's outcome.
+	StoreComplete
+	// StoreRelease deletes the in-flight marker of a call whose fn failed.
+	StoreRelease
+)
+
+// String returns the operation's name, as "claim": a label for metrics.
+func (op StoreOp) String() string {
+	switch op {
+	case StoreRead:
+		return "read"
+	case StoreClaim:
+		return "claim"
+	case StoreComplete:
+		return "complete"
+	case StoreRelease:
+		return "release"
+	}
+	return "StoreOp(" + strconv.Itoa(int(op)) + ")"
+}
+
+// Outcome is what a Do call came to, for Observer.DoEnd.
+type Outcome uint8
+
+const (
+	// OutcomeExecuted: the call ran fn, and its outcome (a value, or a
+	// Permanent error) is stored.
+	OutcomeExecuted Outcome = iota
+	// OutcomeReplayed: the call was answered with a stored outcome, read
+	// from the store or the engine's cache; fn did not run for it.
+	OutcomeReplayed
+	// OutcomeWaited: the call waited for a concurrent call of the key in
+	// this engine and shared its outcome, stored (Result.Replayed) or not
+	// (fn's error, which released the key).
+	OutcomeWaited
+	// OutcomeConflict: the call returned ErrInFlight: the key was in
+	// flight and the call did not wait (Options.NoWait), or its context
+	// ended while it waited.
+	OutcomeConflict
+	// OutcomeMismatch: the call returned ErrFingerprintMismatch.
+	OutcomeMismatch
+	// OutcomeInterrupted: the call returned ErrInterrupted.
+	OutcomeInterrupted
+	// OutcomeFailed: the call ran fn, which returned an error that is not
+	// Permanent, or panicked: nothing is stored, and the key is free again.
+	OutcomeFailed
+	// OutcomeError: the call failed without an outcome of fn's: the store
+	// failed, the call's context ended before fn ran, or fn's outcome
+	// could not be stored (the key then reports ErrInterrupted).
+	OutcomeError
+)
+
+// String returns the outcome's name, as "executed": a label for metrics and
+// traces.
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeExecuted:
+		return "executed"
+	case OutcomeReplayed:
+		return "replayed"
+	case OutcomeWaited:
+		return "waited"
+	case OutcomeConflict:
+		return "conflict"
+	case OutcomeMismatch:
+		return "mismatch"
+	case OutcomeInterrupted:
+		return "interrupted"
+	case OutcomeFailed:
+		return "failed"
+	case OutcomeError:
+		return "error"
+	}
+	return "Outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// DoInfo is what Observer.DoEnd learns of a finished call.
+type DoInfo struct {
+	Outcome Outcome
+	// Took is how long the call took, from DoStart to DoEnd.
+	Took time.Duration
+	// Waited is how long of it the call waited for another call of the
+	// key to finish: in this engine, or (with a shared store) in another.
+	Waited time.Duration
+	// Replayed is Result.Replayed.
+	Replayed bool
+	// Err is the error Do returns, or ErrFnPanicked if the call panics.
+	Err error
+}
+
+// ErrFnPanicked is the error an Observer sees for a call whose fn panicked
+// or called runtime.Goexit: FnEnd's, and DoEnd's in DoInfo.Err. Do's caller
+// never gets it; the panic goes on.
+var ErrFnPanicked = errors.New("idem: fn panicked or called runtime.Goexit")
+
+// callObs is a Do call's record for its Observer; calls have none (nil)
+// when the engine has no Observer.
+type callObs struct {
+	o     Observer
+	ctx   context.Context // the call's context, as DoStart returned it
+	start time.Time       // when the call began
+
+	waited time.Duration // time spent waiting for other calls of the key
+
+	fnCtx   context.Context // fn's context, as FnStart returned it
+	fnBegan time.Time
+	inFn    bool // fn is running: FnEnd is due
+	ran     bool // fn ran in this call
+	stored  bool // fn's outcome is stored
+	failed  bool // fn's error released the key
+	shared  bool // the call shares the outcome of a concurrent call
+}
+
+// begin returns the time a store request starts; the zero time without an
+// Observer, which reads no clock.
+func (co *callObs) begin() time.Time {
+	if co == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// storeDone reports a store request that began at t0. Answers that are not
+// failures (no record, a conflict) are reported as nil errors.
+func (co *callObs) storeDone(op StoreOp, t0 time.Time, err error) {
+	if co == nil {
+		return
+	}
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrStoreConflict) {
+		err = nil
+	}
+	co.o.StoreDone(co.ctx, op, time.Since(t0), err)
+}
+
+// waitedSince adds the time since t0 to the call's waits.
+func (co *callObs) waitedSince(t0 time.Time) {
+	if co != nil {
+		co.waited += time.Since(t0)
+	}
+}
+
+// fnStart tells the Observer that fn is about to run, and returns fn's
+// context.
+func (co *callObs) fnStart(ctx context.Context) context.Context {
+	if co == nil {
+		return ctx
+	}
+	co.fnCtx = co.o.FnStart(ctx)
+	co.ran, co.inFn, co.fnBegan = true, true, time.Now()
+	return co.fnCtx
+}
+
+// fnEnd tells the Observer that fn has returned err (ErrFnPanicked if it
+// panicked), once.
+func (co *callObs) fnEnd(err error) {
+	if co == nil || !co.inFn {
+		return
+	}
+	co.inFn = false
+	co.o.FnEnd(co.fnCtx, time.Since(co.fnBegan), err)
+}
+
+// outcome classifies the call that returned res and err.
+func (co *callObs) outcome(res Result, err error) Outcome {
+	switch {
+	case co.ran && co.stored:
+		return OutcomeExecuted
+	case co.ran && co.failed:
+		return OutcomeFailed
+	case co.shared:
+		return OutcomeWaited
+	case res.Replayed:
+		return OutcomeReplayed
+	case errors.Is(err, ErrFingerprintMismatch):
+		return OutcomeMismatch
+	case errors.Is(err, ErrInterrupted):
+		return OutcomeInterrupted
+	case errors.Is(err, ErrInFlight):
+		return OutcomeConflict
+	}
+	return OutcomeError
+}
+
+// doObserved is Do for an engine with an Observer: do, between DoStart and
+// DoEnd.
+func (e *Engine) doObserved(ctx context.Context, o Observer, key string, fingerprint []byte, fn func(context.Context) ([]byte, error)) (res Result, err error) {
+	co := &callObs{o: o, start: time.Now()}
+	co.ctx = o.DoStart(ctx, key)
+	returned := false
+	defer func() {
+		if !returned {
+			// fn, or the engine, panicked or called Goexit: the panic
+			// goes on once DoEnd has seen it.
+			co.fnEnd(ErrFnPanicked)
+			o.DoEnd(co.ctx, DoInfo{Outcome: OutcomeFailed, Took: time.Since(co.start), Waited: co.waited, Err: ErrFnPanicked})
+		}
+	}()
+	res, err = e.do(co.ctx, key, fingerprint, fn, co)
+	returned = true
+	o.DoEnd(co.ctx, DoInfo{Outcome: co.outcome(res, err), Took: time.Since(co.start), Waited: co.waited, Replayed: res.Replayed, Err: err})
+	return res, err
+}
