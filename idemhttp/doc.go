@@ -11,7 +11,8 @@
 //	http.ListenAndServe(addr, idemhttp.New(e, nil)(mux))
 //
 // A request of a covered method (Options.Methods: POST and PATCH by default)
-// with an Idempotency-Key header runs the handler once per key:
+// with an Idempotency-Key header (or a key in its body: see Keys in the
+// body) runs the handler once per key:
 //
 //   - The key is the header's value: a Structured Field string, as the draft
 //     specifies ("8e03978e-40d5-43e8-bc93-6894a57f9324", quoted), or the
@@ -34,10 +35,51 @@
 // Requests of other methods, and requests without the header (unless
 // Options.Required), pass straight through.
 //
+// # Keys in the body
+//
+// An API whose clients send the key in the payload, as Shopify's REST API
+// took a unique_token, sets Options.Key: a function of the request and its
+// body that returns the key, which then replaces the header: the header is
+// ignored, whether or not it is sent, so that a request never carries two
+// keys that disagree. JSONKey reads one from a member of a JSON body:
+//
+//	// POST /admin/checkouts/{token}/payments.json
+//	// {"payment": {"unique_token": "0f5e4b1c-...", "amount": "10.00"}}
+//	h := idemhttp.New(e, &idemhttp.Options{
+//		Key:      idemhttp.JSONKey("payment.unique_token"),
+//		Required: true,    // a payment without a unique_token gets 400
+//		Scope:    shopOf,  // the shop the request authenticates as
+//	})(mux)
+//
+// Everything else is as with the header: the key's length and characters,
+// Options.Scope, the engine key (EngineKey: wherever the key came from,
+// the same key in the same scope is the same record), the waits and the
+// replays. The differences:
+//
+//   - The body of every request of a covered method is read, up to
+//     Options.MaxRequestBody, before the key is known: one over the limit
+//     gets 413 even if it has no key.
+//   - A request in which the function finds no key ("" and no error: for
+//     JSONKey, a missing or null member, or an empty body) passes straight
+//     through, or gets 400 ProblemKeyRequired with Options.Required. One on
+//     which it returns an error (for JSONKey, a body that is not valid
+//     JSON, a member that is not a non-empty string, or that is there
+//     twice) gets 400 ProblemKeyInvalid, with the error's message in the
+//     detail.
+//   - JSONKey reads the body as JSON whatever its Content-Type, as most Go
+//     handlers do (and curl -d labels JSON as a form): a body that is not
+//     JSON gets 400. An endpoint that also takes forms needs an Options.Key
+//     of its own, which reads each media type.
+//   - The fingerprint still covers the whole body, the key's member
+//     included. That is what it should cover: every request compared with
+//     a stored one carries the same key, so the member never tells two of
+//     them apart, and a retry with the same unique_token and another
+//     amount gets 422.
+//
 // # Status codes
 //
-//	400 ProblemKeyRequired     no key header, with Options.Required
-//	400 ProblemKeyInvalid      malformed, empty, too long, non-ASCII, listed or repeated key
+//	400 ProblemKeyRequired     no key header (no key from Options.Key), with Options.Required
+//	400 ProblemKeyInvalid      malformed, empty, too long, non-ASCII, listed or repeated key; Options.Key's error
 //	413 ProblemBodyTooLarge    request body over Options.MaxRequestBody
 //	400 ProblemBodyUnreadable  reading the request body failed
 //	400 ProblemFingerprint     Options.Fingerprint returned an error

@@ -57,3 +57,63 @@ func Example() {
 	// 422 Idempotency key reused for a different request
 	// orders: 1
 }
+
+// A payments endpoint in the style of Shopify's REST API, whose clients send
+// the idempotency key in the body, as payment.unique_token, rather than in a
+// header. A retry gets the first payment back; the same token with another
+// amount is refused, as is a payment without a token.
+func ExampleJSONKey() {
+	e, err := idem.Open("payments", &idem.Options{FS: vfs.NewMem()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer e.Close()
+
+	payments := 0
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /admin/checkouts/{token}/payments.json", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Payment struct {
+				Amount string `json:"amount"`
+			} `json:"payment"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		payments++
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"payment": {"id": %d, "checkout": %q, "amount": %q}}`, payments, r.PathValue("token"), req.Payment.Amount)
+	})
+	handler := idemhttp.New(e, &idemhttp.Options{
+		Key:      idemhttp.JSONKey("payment.unique_token"),
+		Required: true, // a payment without a unique_token gets 400
+	})(mux)
+
+	for _, body := range []string{
+		`{"payment": {"unique_token": "b1946ac9-2f5c", "amount": "10.00"}}`,
+		`{"payment": {"unique_token": "b1946ac9-2f5c", "amount": "10.00"}}`, // a retry
+		`{"payment": {"unique_token": "b1946ac9-2f5c", "amount": "99.00"}}`, // the token reused
+		`{"payment": {"amount": "10.00"}}`,                                  // no token
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/admin/checkouts/c0ffee/payments.json", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		handler.ServeHTTP(w, r)
+
+		if w.Header().Get("Content-Type") == "application/problem+json" {
+			var p struct{ Title string }
+			json.Unmarshal(w.Body.Bytes(), &p)
+			fmt.Printf("%d %s\n", w.Code, p.Title)
+			continue
+		}
+		fmt.Printf("%d %s (replayed: %q)\n", w.Code, w.Body, w.Header().Get("Idempotent-Replayed"))
+	}
+	fmt.Println("payments:", payments)
+	// Output:
+	// 201 {"payment": {"id": 1, "checkout": "c0ffee", "amount": "10.00"}} (replayed: "")
+	// 201 {"payment": {"id": 1, "checkout": "c0ffee", "amount": "10.00"}} (replayed: "true")
+	// 422 Idempotency key reused for a different request
+	// 400 Idempotency key required
+	// payments: 1
+}

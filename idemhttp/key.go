@@ -63,6 +63,23 @@ func parseKey(values []string, max int) (string, error) {
 	return key, nil
 }
 
+// checkKey checks a key that Options.Key returned as parseKey checks one
+// from the header: 1 to max bytes of printable ASCII (space to tilde).
+func checkKey(key string, max int) error {
+	switch {
+	case key == "":
+		return errors.New("the key is empty")
+	case len(key) > max:
+		return fmt.Errorf("the key is %d bytes long, above the limit of %d", len(key), max)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < ' ' || c > '~' {
+			return fmt.Errorf("the key has a character that is not printable ASCII at byte %d", i)
+		}
+	}
+	return nil
+}
+
 // parseSFString parses v, which starts with a double quote, as a Structured
 // Field string (RFC 8941, section 3.3.3): printable ASCII between double
 // quotes, in which only `\"` and `\\` are escapes. Nothing may follow the

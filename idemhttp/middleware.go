@@ -27,8 +27,9 @@ const (
 
 // New returns a middleware that makes the requests of the covered methods
 // (Options.Methods: POST and PATCH by default) idempotent by their
-// Idempotency-Key header, with e as the store. A nil opts means the
-// defaults. It panics if e is nil or an option is invalid.
+// Idempotency-Key header (or the key that Options.Key finds in them), with
+// e as the store. A nil opts means the defaults. It panics if e is nil or
+// an option is invalid.
 //
 // The middleware can wrap any http.Handler: a whole ServeMux, a router, or
 // single routes. All the handlers wrapped by one middleware share its
@@ -85,6 +86,10 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.next.ServeHTTP(w, r)
 		return
 	}
+	if m.c.Key != nil {
+		m.serveKeyFunc(w, r)
+		return
+	}
 	values := r.Header.Values(m.c.Header)
 	if len(values) == 0 {
 		if m.c.Required {
@@ -101,21 +106,42 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("The %s header is invalid: %v.", m.c.Header, err), 0)
 		return
 	}
-	body, err := readBody(r, m.c.MaxRequestBody)
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			writeProblem(w, http.StatusRequestEntityTooLarge, ProblemBodyTooLarge,
-				fmt.Sprintf("The request body is larger than %d bytes.", tooLarge.Limit), 0)
-			return
-		}
-		writeProblem(w, http.StatusBadRequest, ProblemBodyUnreadable,
-			"The request body could not be read.", 0)
+	body, ok := m.readBody(w, r)
+	if !ok {
 		return
 	}
-	fpReq := r.WithContext(r.Context())
-	fpReq.Body = io.NopCloser(bytes.NewReader(body))
-	fp, err := m.c.Fingerprint(fpReq, body)
+	m.serveKey(w, r, key, body)
+}
+
+// serveKeyFunc serves a request of a covered method with Options.Key: the
+// body is read first, for Key to find the key in.
+func (m *middleware) serveKeyFunc(w http.ResponseWriter, r *http.Request) {
+	body, ok := m.readBody(w, r)
+	if !ok {
+		return
+	}
+	key, err := m.c.Key(withBody(r, body), body)
+	if err == nil && key != "" {
+		err = checkKey(key, m.c.MaxKeyLength)
+	}
+	switch {
+	case err != nil:
+		writeProblem(w, http.StatusBadRequest, ProblemKeyInvalid,
+			fmt.Sprintf("The request's idempotency key is invalid: %v.", err), 0)
+	case key != "":
+		m.serveKey(w, r, key, body)
+	case m.c.Required:
+		writeProblem(w, http.StatusBadRequest, ProblemKeyRequired,
+			fmt.Sprintf("An idempotency key is required for %s requests.", r.Method), 0)
+	default:
+		m.next.ServeHTTP(w, withBody(r, body))
+	}
+}
+
+// serveKey serves a request of a covered method with a valid key and its
+// whole body.
+func (m *middleware) serveKey(w http.ResponseWriter, r *http.Request, key string, body []byte) {
+	fp, err := m.c.Fingerprint(withBody(r, body), body)
 	if err != nil {
 		writeProblem(w, http.StatusBadRequest, ProblemFingerprint, err.Error(), 0)
 		return
@@ -124,9 +150,34 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if m.c.Scope != nil {
 		scope = m.c.Scope(r)
 	}
-	r = r.WithContext(r.Context()) // a shallow copy, not to change the caller's request
+	m.serve(w, withBody(r, body), EngineKey(scope, key), fp)
+}
+
+// withBody returns a shallow copy of r, not to change the caller's request,
+// whose Body reads body.
+func withBody(r *http.Request, body []byte) *http.Request {
+	r = r.WithContext(r.Context())
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	m.serve(w, r, EngineKey(scope, key), fp)
+	return r
+}
+
+// readBody reads r's body, up to Options.MaxRequestBody bytes. If it cannot
+// (413 for a body over the limit, 400 for a read error), it answers the
+// request itself and returns false.
+func (m *middleware) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := readBody(r, m.c.MaxRequestBody)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeProblem(w, http.StatusRequestEntityTooLarge, ProblemBodyTooLarge,
+				fmt.Sprintf("The request body is larger than %d bytes.", tooLarge.Limit), 0)
+			return nil, false
+		}
+		writeProblem(w, http.StatusBadRequest, ProblemBodyUnreadable,
+			"The request body could not be read.", 0)
+		return nil, false
+	}
+	return body, true
 }
 
 // readBody reads r's body, up to limit bytes. A longer body is an error
@@ -229,7 +280,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, f
 		notStored.shared.write(w)
 	case errors.Is(err, idem.ErrFingerprintMismatch):
 		writeProblem(w, http.StatusUnprocessableEntity, ProblemKeyMismatch,
-			fmt.Sprintf("The %s was used for a request with a different method, path or payload.", m.c.Header), 0)
+			fmt.Sprintf("The %s was used for a request with a different method, path or payload.", m.keyName()), 0)
 	case errors.Is(err, idem.ErrInterrupted):
 		writeProblem(w, http.StatusConflict, ProblemOutcomeUnknown,
 			"A request with this key was being processed when the server stopped; whether it took effect is unknown, so it will not be processed again.", 0)
@@ -255,6 +306,15 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, f
 	default:
 		m.internalError(w, r, key, err)
 	}
+}
+
+// keyName names the key in problem details: the header, or "idempotency
+// key" when Options.Key takes it from elsewhere.
+func (m *middleware) keyName() string {
+	if m.c.Key != nil {
+		return "idempotency key"
+	}
+	return m.c.Header
 }
 
 // internalError logs err and answers 500.

@@ -38,31 +38,60 @@ const minStoredSize = 16
 // caller's.
 type Options struct {
 	// Header is the request header that carries the idempotency key. If "",
-	// DefaultHeader ("Idempotency-Key").
+	// DefaultHeader ("Idempotency-Key"). Ignored when Key is set.
 	Header string
+
+	// Key, if set, takes the idempotency key from the request instead of
+	// the Header, which is then ignored (sent or not, valid or not): for
+	// an API that carries its key in the payload, as Shopify's REST API
+	// did with unique_token (JSONKey reads such a member); see the package
+	// documentation, Keys in the body. It is called for every request of a
+	// covered method, with body the whole request body, read up to
+	// MaxRequestBody first (a longer one gets 413, ProblemBodyTooLarge,
+	// key or not); r's Body is a copy of it, which the function may read.
+	//
+	// A key of "" with a nil error means the request has none: it passes
+	// straight through to the handler, or gets 400 (ProblemKeyRequired)
+	// with Required. An error means the request's key is malformed: the
+	// request gets 400 (ProblemKeyInvalid), with the error's message in
+	// the detail, and the handler does not run. A key it returns must be,
+	// as one from the header, at most MaxKeyLength bytes of printable
+	// ASCII (space to tilde), or the request gets 400 (ProblemKeyInvalid).
+	// The engine key is EngineKey(scope, key), wherever the key came from.
+	//
+	// The fingerprint (RequestFingerprint by default) still covers the
+	// whole body, the key's member included: every request compared with
+	// a stored one carries the same key, so the member never makes two
+	// requests differ, and a retry that changes anything else in the
+	// payload gets 422 (ProblemKeyMismatch).
+	Key func(r *http.Request, body []byte) (string, error)
 
 	// Methods are the request methods the middleware covers; requests with
 	// other methods pass straight through to the handler. Methods compare
 	// exactly (they are case-sensitive). If nil, POST and PATCH.
 	Methods []string
 
-	// Required makes a request of a covered method without the key header
-	// fail with 400 (ProblemKeyRequired). Default false: such a request
-	// passes straight through to the handler.
+	// Required makes a request of a covered method without a key (no key
+	// header, or no key from Key) fail with 400 (ProblemKeyRequired).
+	// Default false: such a request passes straight through to the
+	// handler.
 	Required bool
 
-	// MaxKeyLength is the longest key accepted, in bytes; a longer one gets
-	// 400 (ProblemKeyInvalid). The engine key (see EngineKey) adds the
-	// scope and its length, and must fit in the engine's MaxKeySize (512
-	// bytes by default): one that does not is the server's configuration
-	// error, logged, and the request gets 500 (ProblemInternal). If 0,
-	// DefaultMaxKeyLength (255); negative makes New panic.
+	// MaxKeyLength is the longest key accepted, in bytes, from the header
+	// or from Key; a longer one gets 400 (ProblemKeyInvalid). The engine
+	// key (see EngineKey) adds the scope and its length, and must fit in
+	// the engine's MaxKeySize (512 bytes by default): one that does not is
+	// the server's configuration error, logged, and the request gets 500
+	// (ProblemInternal). If 0, DefaultMaxKeyLength (255); negative makes
+	// New panic.
 	MaxKeyLength int
 
 	// MaxRequestBody is the largest request body read to fingerprint the
-	// request, in bytes; a larger one gets 413 (ProblemBodyTooLarge)
-	// without reaching the handler. If 0, DefaultMaxRequestBody (1 MiB);
-	// negative makes New panic.
+	// request (and, with Key, to find its key), in bytes; a larger one gets
+	// 413 (ProblemBodyTooLarge) without reaching the handler. Without Key,
+	// only the bodies of requests with a key header are read; with Key,
+	// those of every request of a covered method. If 0,
+	// DefaultMaxRequestBody (1 MiB); negative makes New panic.
 	MaxRequestBody int64
 
 	// Fingerprint computes the fingerprint of a request of a covered method

@@ -10,13 +10,16 @@ import (
 // leads to its own documentation.
 const (
 	// ProblemKeyRequired (400): a request of a covered method has no key
-	// header, and Options.Required is set.
+	// header (with Options.Key, no key in it), and Options.Required is set.
 	ProblemKeyRequired = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemKeyRequired"
 	// ProblemKeyInvalid (400): the key header is malformed (not a quoted
 	// Structured Field string nor a bare token), sent on more than one
 	// line, or a list (a comma outside quotes: what several lines merged
 	// into one look like), or the key is empty, longer than
-	// Options.MaxKeyLength, or not printable ASCII.
+	// Options.MaxKeyLength, or not printable ASCII. With Options.Key: the
+	// function returned an error (JSONKey's for a body that is not JSON, or
+	// a member that is not a string...), whose message the detail carries,
+	// or a key longer than Options.MaxKeyLength or not printable ASCII.
 	ProblemKeyInvalid = "https://pkg.go.dev/github.com/idemkv/idem/idemhttp#ProblemKeyInvalid"
 	// ProblemBodyTooLarge (413): the request body is longer than
 	// Options.MaxRequestBody.
