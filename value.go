@@ -22,6 +22,7 @@ import (
 // time.Time, slices, arrays, maps, pointers to those, and structs of them
 // (their exported fields, by name or msgpack tag), or a type implementing
 // msgpack.CustomEncoder and msgpack.CustomDecoder. What does not round-trip:
+// a time.Time's location (a replay gets the same instant, in time.Local);
 // unexported fields (dropped); fields or elements of an interface type with
 // methods, such as error or fmt.Stringer (msgpack cannot tell which concrete
 // type to decode into: every replay returns an error matching ErrValueType);

@@ -1,0 +1,93 @@
+package idemgql_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httptest"
+
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/idemgql"
+	"github.com/idemkv/idem/idemgql/internal/testgql"
+)
+
+// The extension in a gqlgen server: a client's retry of an inventory
+// adjustment gets the first result back instead of a second adjustment,
+// and a reuse of the key for another adjustment is refused. (testgql is
+// the package gqlgen generated for this package's test schema, whose
+// schema.graphqls has idemgql.DirectiveSDL; a service uses its own.)
+func Example() {
+	// A real service opens a directory on disk: idem.Open(dir, nil).
+	e, err := idem.Open("inventory", &idem.Options{FS: vfs.NewMem()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer e.Close()
+
+	ext := idemgql.New(e, &idemgql.Options{
+		Mutations: map[string]idemgql.Field{
+			"inventoryAdjustQuantities":        idemgql.Mutation[*testgql.InventoryAdjustQuantitiesPayload]{},
+			"subscriptionBillingAttemptCreate": idemgql.Mutation[*testgql.SubscriptionBillingAttemptCreatePayload]{KeyArgument: "input.idempotencyKey"},
+		},
+	})
+	adjustments := 0
+	resolvers := &testgql.Resolver{
+		Adjust: func(ctx context.Context, in testgql.InventoryAdjustQuantitiesInput) (*testgql.InventoryAdjustQuantitiesPayload, error) {
+			adjustments++
+			return &testgql.InventoryAdjustQuantitiesPayload{
+				InventoryAdjustmentGroup: &testgql.InventoryAdjustmentGroup{
+					ID:     fmt.Sprintf("gid://shopify/InventoryAdjustmentGroup/%d", adjustments),
+					Reason: in.Reason,
+				},
+				UserErrors: []*testgql.InventoryAdjustQuantitiesUserError{},
+			}, nil
+		},
+	}
+	srv := handler.New(testgql.NewExecutableSchema(testgql.Config{
+		Resolvers:  resolvers,
+		Directives: testgql.DirectiveRoot{Idempotent: ext.Directive},
+	}))
+	srv.AddTransport(transport.POST{})
+	srv.Use(ext)
+	// A real service serves it: http.ListenAndServe(addr, srv).
+
+	const mutation = `mutation($delta: Int!) {
+  inventoryAdjustQuantities(input: {reason: "correction", name: "available", changes: [{inventoryItemId: "1", locationId: "1", delta: $delta}]})
+    @idempotent(key: "4f5b6ebf-8c55-4a3b-9d0e-6f2a1c3d4e5f") {
+    inventoryAdjustmentGroup { id }
+  }
+}`
+	for _, delta := range []int{5, 5, 7} {
+		body, _ := json.Marshal(map[string]any{"query": mutation, "variables": map[string]any{"delta": delta}})
+		r := httptest.NewRequest(http.MethodPost, "/graphql", bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, r)
+
+		var resp struct {
+			Data   json.RawMessage
+			Errors []struct {
+				Extensions struct{ Code string }
+			}
+		}
+		json.Unmarshal(w.Body.Bytes(), &resp)
+		if len(resp.Errors) > 0 {
+			fmt.Println(resp.Errors[0].Extensions.Code)
+			continue
+		}
+		fmt.Println(string(resp.Data))
+	}
+	fmt.Println("adjustments:", adjustments)
+	// Output:
+	// {"inventoryAdjustQuantities":{"inventoryAdjustmentGroup":{"id":"gid://shopify/InventoryAdjustmentGroup/1"}}}
+	// {"inventoryAdjustQuantities":{"inventoryAdjustmentGroup":{"id":"gid://shopify/InventoryAdjustmentGroup/1"}}}
+	// IDEMPOTENCY_KEY_PARAMETER_MISMATCH
+	// adjustments: 1
+}
