@@ -1,0 +1,39 @@
+package graph
+
+import (
+	"github.com/idemkv/idem/idemgql"
+
+	"github.com/idemkv/idem/examples/shopify/graph/model"
+)
+
+// Mutations are the schema's idempotent mutations, for
+// idemgql.Options.Mutations. Both require a key, and report the errors of
+// idempotency (a key reused with other arguments, a request with the key
+// still running) in their payload's userErrors, as Shopify does, rather
+// than as GraphQL errors.
+func Mutations() map[string]idemgql.Field {
+	return map[string]idemgql.Field{
+		// The key in the @idempotent(key:) directive on the field, as
+		// Shopify requires it from API version 2026-04.
+		"inventoryAdjustQuantities": idemgql.Mutation[*model.InventoryAdjustQuantitiesPayload]{
+			Required: true,
+			UserErrors: func(err *idemgql.Error) *model.InventoryAdjustQuantitiesPayload {
+				code := model.InventoryAdjustQuantitiesUserErrorCode(err.Code)
+				return &model.InventoryAdjustQuantitiesPayload{
+					UserErrors: []*model.InventoryAdjustQuantitiesUserError{{Field: err.Field, Message: err.Message, Code: &code}},
+				}
+			},
+		},
+		// The key as an argument, as in Shopify's older mutations.
+		"subscriptionBillingAttemptCreate": idemgql.Mutation[*model.SubscriptionBillingAttemptCreatePayload]{
+			KeyArgument: "subscriptionBillingAttemptInput.idempotencyKey",
+			Required:    true,
+			UserErrors: func(err *idemgql.Error) *model.SubscriptionBillingAttemptCreatePayload {
+				code := model.BillingAttemptUserErrorCode(err.Code)
+				return &model.SubscriptionBillingAttemptCreatePayload{
+					UserErrors: []*model.BillingAttemptUserError{{Field: err.Field, Message: err.Message, Code: &code}},
+				}
+			},
+		},
+	}
+}
