@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/flights"
 )
 
 // UnaryServerInterceptor returns a unary server interceptor that makes the
@@ -32,7 +33,7 @@ func UnaryServerInterceptor(e *idem.Engine, opts *Options) grpc.UnaryServerInter
 		panic("idemgrpc: UnaryServerInterceptor called with a nil *idem.Engine")
 	}
 	c := opts.withDefaults()
-	i := &interceptor{e: e, c: c, flights: newFlights(c.Wait)}
+	i := &interceptor{e: e, c: c, flights: flights.New(c.Wait)}
 	return i.intercept
 }
 
@@ -41,7 +42,7 @@ func UnaryServerInterceptor(e *idem.Engine, opts *Options) grpc.UnaryServerInter
 type interceptor struct {
 	e       *idem.Engine
 	c       *Options // with the defaults
-	flights *flights
+	flights *flights.Flights
 }
 
 // notStoredError is what fn returns to the engine for an outcome that
@@ -113,9 +114,8 @@ func (i *interceptor) intercept(ctx context.Context, req any, info *grpc.UnarySe
 func (i *interceptor) serve(ctx context.Context, req any, method string, handler grpc.UnaryHandler, key string, fp []byte) (any, error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w := &waiter{fp: fp, cancel: cancel}
-	i.flights.enter(key, w)
-	defer i.flights.leave(key, w)
+	w := i.flights.Enter(key, fp, cancel)
+	defer i.flights.Leave(key, w)
 
 	var (
 		ran  bool // the handler ran for this call
@@ -125,8 +125,8 @@ func (i *interceptor) serve(ctx context.Context, req any, method string, handler
 	fn := func(context.Context) ([]byte, error) {
 		// The handler runs with the call's context, not the engine's: that
 		// one is only this call's patience as a duplicate.
-		i.flights.start(key, w)
-		defer i.flights.stop(key, w)
+		i.flights.Start(key, w)
+		defer i.flights.Stop(key, w)
 		ran = true
 		resp, herr = handler(ctx, req)
 		return i.record(ctx, resp, herr)
@@ -190,7 +190,7 @@ func (i *interceptor) serve(ctx context.Context, req any, method string, handler
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 		msg := "idemgrpc: a call with this idempotency key is still running; retry later with the same key"
-		if errors.Is(context.Cause(wctx), errWaitedLong) {
+		if errors.Is(context.Cause(wctx), flights.ErrWaitedLong) {
 			msg = fmt.Sprintf("idemgrpc: a call with this idempotency key is still running after waiting %v; retry later with the same key", i.c.Wait)
 		}
 		return nil, newStatus(codes.Aborted, ReasonConcurrentRequest, retryInFlight, "%s", msg)

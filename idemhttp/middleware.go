@@ -9,6 +9,7 @@ import (
 	"net/http"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/flights"
 )
 
 // Response headers the middleware sets.
@@ -41,7 +42,7 @@ func New(e *idem.Engine, opts *Options) func(http.Handler) http.Handler {
 		panic("idemhttp: New called with a nil *idem.Engine")
 	}
 	c := newConfig(opts)
-	f := newFlights(c.Wait)
+	f := flights.New(c.Wait)
 	return func(next http.Handler) http.Handler {
 		return &middleware{e: e, c: c, flights: f, next: next}
 	}
@@ -51,7 +52,7 @@ func New(e *idem.Engine, opts *Options) func(http.Handler) http.Handler {
 type middleware struct {
 	e       *idem.Engine
 	c       *config
-	flights *flights // shared by every handler one New wraps
+	flights *flights.Flights // shared by every handler one New wraps
 	next    http.Handler
 }
 
@@ -205,9 +206,8 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, fp []byte) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	wt := &waiter{fp: fp, cancel: cancel}
-	m.flights.enter(key, wt)
-	defer m.flights.leave(key, wt)
+	wt := m.flights.Enter(key, fp, cancel)
+	defer m.flights.Leave(key, wt)
 
 	var (
 		own       *response // the response of the handler, if it ran for this request
@@ -216,8 +216,8 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, f
 	fn := func(context.Context) ([]byte, error) {
 		// The handler runs with the request's context, not ctx: ctx is
 		// only this request's patience as a duplicate.
-		m.flights.start(key, wt)
-		defer m.flights.stop(key, wt)
+		m.flights.Start(key, wt)
+		defer m.flights.Stop(key, wt)
 		rec := newRecorder(w)
 		m.next.ServeHTTP(rec, r)
 		if !rec.written() && r.Context().Err() != nil {
@@ -286,7 +286,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, key string, f
 			"A request with this key was being processed when the server stopped; whether it took effect is unknown, so it will not be processed again.", 0)
 	case errors.Is(err, idem.ErrInFlight), ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		detail := "A request with this key is still being processed; retry later."
-		if errors.Is(context.Cause(ctx), errWaitedLong) {
+		if errors.Is(context.Cause(ctx), flights.ErrWaitedLong) {
 			detail = fmt.Sprintf("A request with this key is still being processed after waiting %v; retry later.", m.c.Wait)
 		}
 		writeProblem(w, http.StatusConflict, ProblemInFlight, detail, retryInFlight)
