@@ -404,7 +404,7 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 		if r != nil {
 			err = &panicError{value: r}
 		}
-		st.obs.fnEnd(ErrFnPanicked) // if fn is what panicked
+		st.obs.fnPanicked() // if fn is what panicked
 		if st.fnDone {
 			e.orphan(&st, key, c)
 		} else if st.marked {

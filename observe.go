@@ -146,13 +146,16 @@ type DoInfo struct {
 	Waited time.Duration
 	// Replayed is Result.Replayed.
 	Replayed bool
-	// Err is the error Do returns, or ErrFnPanicked if the call panics.
+	// Err is the error Do returns, or ErrFnPanicked if the call panics:
+	// in fn (Outcome is OutcomeFailed) or elsewhere, in the engine, the
+	// store, the Observer or a method of fn's error (OutcomeError).
 	Err error
 }
 
 // ErrFnPanicked is the error an Observer sees for a call whose fn panicked
-// or called runtime.Goexit: FnEnd's, and DoEnd's in DoInfo.Err. Do's caller
-// never gets it; the panic goes on.
+// or called runtime.Goexit: FnEnd's, and DoEnd's in DoInfo.Err (DoEnd's
+// also for a panic elsewhere in the call). Do's caller never gets it; the
+// panic goes on.
 var ErrFnPanicked = errors.New("idem: fn panicked or called runtime.Goexit")
 
 // callObs is a Do call's record for its Observer; calls have none (nil)
@@ -167,6 +170,7 @@ type callObs struct {
 	fnCtx   context.Context // fn's context, as FnStart returned it
 	fnBegan time.Time
 	inFn    bool // fn is running: FnEnd is due
+	fnPanic bool // fn panicked or called runtime.Goexit
 	ran     bool // fn ran in this call
 	stored  bool // fn's outcome is stored
 	failed  bool // fn's error released the key
@@ -222,6 +226,16 @@ func (co *callObs) fnEnd(err error) {
 	co.o.FnEnd(co.fnCtx, time.Since(co.fnBegan), err)
 }
 
+// fnPanicked tells the Observer, if fn is running, that it panicked or
+// called runtime.Goexit.
+func (co *callObs) fnPanicked() {
+	if co == nil || !co.inFn {
+		return
+	}
+	co.fnPanic = true
+	co.fnEnd(ErrFnPanicked)
+}
+
 // outcome classifies the call that returned res and err.
 func (co *callObs) outcome(res Result, err error) Outcome {
 	switch {
@@ -252,9 +266,16 @@ func (e *Engine) doObserved(ctx context.Context, o Observer, key string, fingerp
 	defer func() {
 		if !returned {
 			// fn, or the engine, panicked or called Goexit: the panic
-			// goes on once DoEnd has seen it.
-			co.fnEnd(ErrFnPanicked)
-			o.DoEnd(co.ctx, DoInfo{Outcome: OutcomeFailed, Took: time.Since(co.start), Waited: co.waited, Err: ErrFnPanicked})
+			// goes on once DoEnd has seen it. A panic of fn's releases
+			// the key (failed); any other, in the engine, the store, the
+			// Observer or a method of fn's error, has no outcome of fn's
+			// (error), and leaves the key interrupted if fn ran.
+			co.fnPanicked()
+			outcome := OutcomeError
+			if co.fnPanic {
+				outcome = OutcomeFailed
+			}
+			o.DoEnd(co.ctx, DoInfo{Outcome: outcome, Took: time.Since(co.start), Waited: co.waited, Err: ErrFnPanicked})
 		}
 	}()
 	res, err = e.do(co.ctx, key, fingerprint, fn, co)

@@ -225,6 +225,28 @@ func TestObserverPanicAfterFnLeavesTheKeyInterrupted(t *testing.T) {
 	require.Equal(t, int32(1), runs.Load())
 }
 
+// A panic after fn returned, in a method of fn's error here, is not fn's:
+// the call has no outcome of fn's, and the key is interrupted.
+func TestObserverSeesAPanicAfterFn(t *testing.T) {
+	rec := newRecorder(t)
+	e := open(t, nil, "db", &idem.Options{Observer: rec})
+	func() {
+		defer func() { require.Equal(t, "Error", recover()) }()
+		e.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) { return nil, idem.Permanent(panickyError{}) })
+	}()
+	got, info := rec.last()
+	require.Regexp(t, "^start (read )?claim fn fnend error$", got)
+	require.ErrorIs(t, info.Err, idem.ErrFnPanicked)
+	require.Error(t, rec.fnErr[1]) // fn's own error, a Permanent one
+	_, err := e.Do(context.Background(), "k", nil, fnWithCtx(t, "v"))
+	require.ErrorIs(t, err, idem.ErrInterrupted)
+}
+
+// panickyError is an error whose Error method panics.
+type panickyError struct{}
+
+func (panickyError) Error() string { panic("Error") }
+
 // panicky is an Observer whose FnEnd panics.
 type panicky struct{}
 
