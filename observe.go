@@ -283,3 +283,62 @@ func (e *Engine) doObserved(ctx context.Context, o Observer, key string, fingerp
 	o.DoEnd(co.ctx, DoInfo{Outcome: co.outcome(res, err), Took: time.Since(co.start), Waited: co.waited, Replayed: res.Replayed, Err: err})
 	return res, err
 }
+
+// Observers returns an Observer that tells each of list, in order: for an
+// engine watched by several, metrics and traces say. DoStart and FnStart
+// chain the context: each Observer's gets the context the one before it
+// returned, and every later method of every Observer gets the context the
+// last one returned. A tracer finds its span in it, unless an Observer after
+// it put a span of its own there: put at most one tracer in the list, or
+// put it last. Nil entries are left out; Observers returns nil if none is
+// left, and the Observer itself if one is.
+func Observers(list ...Observer) Observer {
+	var m multiObserver
+	for _, o := range list {
+		if o != nil {
+			m = append(m, o)
+		}
+	}
+	switch len(m) {
+	case 0:
+		return nil
+	case 1:
+		return m[0]
+	}
+	return m
+}
+
+// multiObserver is what Observers returns for several.
+type multiObserver []Observer
+
+func (m multiObserver) DoStart(ctx context.Context, key string) context.Context {
+	for _, o := range m {
+		ctx = o.DoStart(ctx, key)
+	}
+	return ctx
+}
+
+func (m multiObserver) StoreDone(ctx context.Context, op StoreOp, took time.Duration, err error) {
+	for _, o := range m {
+		o.StoreDone(ctx, op, took, err)
+	}
+}
+
+func (m multiObserver) FnStart(ctx context.Context) context.Context {
+	for _, o := range m {
+		ctx = o.FnStart(ctx)
+	}
+	return ctx
+}
+
+func (m multiObserver) FnEnd(ctx context.Context, took time.Duration, err error) {
+	for _, o := range m {
+		o.FnEnd(ctx, took, err)
+	}
+}
+
+func (m multiObserver) DoEnd(ctx context.Context, info DoInfo) {
+	for _, o := range m {
+		o.DoEnd(ctx, info)
+	}
+}

@@ -422,3 +422,25 @@ func (o *tally) check(t *testing.T, e *idem.Engine) {
 	require.Equal(t, s.Mismatches, o.outcomes[idem.OutcomeMismatch].Load(), "mismatches")
 	require.Equal(t, s.Conflicts, o.outcomes[idem.OutcomeConflict].Load(), "conflicts")
 }
+
+// Observers tells each Observer of its list everything, with the context
+// that the whole chain made.
+func TestObserversTellsEach(t *testing.T) {
+	require.Nil(t, idem.Observers())
+	require.Nil(t, idem.Observers(nil, nil))
+	one := newRecorder(t)
+	require.Same(t, one, idem.Observers(nil, one))
+
+	a, b := newRecorder(t), &tally{}
+	e := open(t, nil, "db", &idem.Options{Observer: idem.Observers(a, nil, b)})
+	// fn's context has a's values: b returns the context it got.
+	_, err := e.Do(context.Background(), "k", nil, fnWithCtx(t, "v"))
+	require.NoError(t, err)
+	_, err = e.Do(context.Background(), "k", []byte("other"), fnWithCtx(t, "v"))
+	require.ErrorIs(t, err, idem.ErrFingerprintMismatch)
+	got, _ := a.last()
+	require.Equal(t, "start read mismatch", got)
+	require.Len(t, a.sequences(), 2)
+	b.check(t, e)
+	require.Equal(t, uint64(1), b.outcomes[idem.OutcomeExecuted].Load())
+}
