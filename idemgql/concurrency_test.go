@@ -114,9 +114,9 @@ func TestConcurrentDuplicateWithoutWaiting(t *testing.T) {
 			o.Wait = -1
 			if hook {
 				o.Mutations["inventoryAdjustQuantities"] = idemgql.Mutation[adjustPayload]{
-					UserErrors: func(err *idemgql.Error) adjustPayload {
+					UserErrors: func(err *idemgql.Error) (adjustPayload, bool) {
 						code := testgql.InventoryAdjustQuantitiesUserErrorCode(err.Code)
-						return &testgql.InventoryAdjustQuantitiesPayload{UserErrors: []*testgql.InventoryAdjustQuantitiesUserError{{Message: err.Message, Code: &code}}}
+						return &testgql.InventoryAdjustQuantitiesPayload{UserErrors: []*testgql.InventoryAdjustQuantitiesUserError{{Message: err.Message, Code: &code}}}, true
 					},
 				}
 			}

@@ -156,8 +156,8 @@
 // *Error, which a custom error presenter finds with errors.As. Those that
 // concern one call are answered when the mutation's turn comes: the field
 // is null with the error, and the document's other mutations run.
-// Mutation.UserErrors may report the first four in the mutation's payload
-// instead, as Shopify's userErrors list does. Those that concern the
+// Mutation.UserErrors may report any of the first four in the mutation's
+// payload instead, as Shopify's userErrors list does. Those that concern the
 // document refuse the operation whole before anything runs: no data, one
 // error.
 //
@@ -178,21 +178,29 @@
 //
 // Shopify's mutations report IDEMPOTENCY_CONCURRENT_REQUEST and
 // IDEMPOTENCY_KEY_PARAMETER_MISMATCH as codes of their payload's userErrors.
-// Mutation.UserErrors builds that payload from the *Error, and the field
-// resolves to it, with no GraphQL error (nor anything stored):
+// Mutation.UserErrors builds that payload from the *Error and returns true,
+// and the field resolves to it, with no GraphQL error (nor anything
+// stored); or it returns false, and the error is a GraphQL error with
+// extensions.code, as without UserErrors. With a user error code enum of
+// Shopify's two values only, the function declines the other two codes,
+// which the enum cannot hold (gqlgen would refuse the value); the IsValid
+// method that gqlgen generates for an enum tells them apart:
 //
 //	idemgql.Mutation[*model.InventoryAdjustQuantitiesPayload]{
-//		UserErrors: func(err *idemgql.Error) *model.InventoryAdjustQuantitiesPayload {
+//		UserErrors: func(err *idemgql.Error) (*model.InventoryAdjustQuantitiesPayload, bool) {
 //			code := model.InventoryAdjustQuantitiesUserErrorCode(err.Code)
+//			if !code.IsValid() {
+//				return nil, false // IDEMPOTENCY_OUTCOME_UNKNOWN, IDEMPOTENCY_UNAVAILABLE
+//			}
 //			return &model.InventoryAdjustQuantitiesPayload{UserErrors: []*model.InventoryAdjustQuantitiesUserError{
 //				{Field: err.Field, Message: err.Message, Code: &code},
-//			}}
+//			}}, true
 //		},
 //	}
 //
 // Error.Field is the key argument's path when the key came from it. The
-// schema's user error code enum must have a value for each code the
-// function may get (the four above), or gqlgen refuses the value.
+// function gets only the four codes that concern one call (see Errors);
+// the others are always GraphQL errors.
 //
 // # Caveats
 //

@@ -154,14 +154,18 @@ type Mutation[T any] struct {
 	// extension were not there.
 	Required bool
 
-	// UserErrors, if not nil, reports the errors that concern one call of
-	// the mutation at run time (CodeConcurrentRequest,
+	// UserErrors, if not nil, may report the errors that concern one call
+	// of the mutation at run time (CodeConcurrentRequest,
 	// CodeKeyParameterMismatch, CodeOutcomeUnknown, CodeUnavailable) in
-	// the mutation's payload, as Shopify does in its userErrors list: the
-	// field resolves to the value UserErrors returns, with no GraphQL
-	// error. That value is not stored. If nil, they are GraphQL errors with
-	// extensions.code.
-	UserErrors func(err *Error) T
+	// the mutation's payload, as Shopify does in its userErrors list. It
+	// gets each of them, and returns the payload and true to report it:
+	// the field resolves to the payload, with no GraphQL error, and the
+	// payload is not stored. It returns false to decline it (the payload is
+	// then ignored): the error is a GraphQL error with extensions.code, as
+	// without UserErrors. For a payload whose user error code enum has only
+	// Shopify's two values, it must decline the other two codes, which the
+	// enum cannot hold. If nil, all four are GraphQL errors.
+	UserErrors func(err *Error) (T, bool)
 }
 
 // Error is an error of the extension: the Err of the GraphQL error
@@ -307,7 +311,7 @@ type fieldSpec struct {
 	// it returns fn's value, or the stored one decoded into a T.
 	do func(ctx context.Context, e *idem.Engine, key string, fp []byte, fn func() (any, error)) (any, error)
 	// userErrors is Mutation.UserErrors, or nil.
-	userErrors func(err *Error) any
+	userErrors func(err *Error) (any, bool)
 }
 
 func (m Mutation[T]) spec() *fieldSpec {
@@ -321,7 +325,7 @@ func (m Mutation[T]) spec() *fieldSpec {
 		s.keyPath = strings.Split(m.KeyArgument, ".")
 	}
 	if f := m.UserErrors; f != nil {
-		s.userErrors = func(err *Error) any { return f(err) }
+		s.userErrors = func(err *Error) (any, bool) { return f(err) }
 	}
 	return s
 }

@@ -197,7 +197,9 @@ func (x *Extension) run(ctx context.Context, fc *graphql.FieldContext, spec *fie
 		return nil, x.internal(ctx, err, key)
 	}
 	if spec.userErrors != nil {
-		return spec.userErrors(ierr), nil
+		if v, ok := spec.userErrors(ierr); ok {
+			return v, nil
+		}
 	}
 	return nil, gqlError(ierr, nil, nil)
 }

@@ -272,19 +272,19 @@ func TestUserErrorsReportsInThePayload(t *testing.T) {
 	s := newShop()
 	o := options()
 	o.Mutations["inventoryAdjustQuantities"] = idemgql.Mutation[adjustPayload]{
-		UserErrors: func(err *idemgql.Error) adjustPayload {
+		UserErrors: func(err *idemgql.Error) (adjustPayload, bool) {
 			code := testgql.InventoryAdjustQuantitiesUserErrorCode(err.Code)
 			return &testgql.InventoryAdjustQuantitiesPayload{UserErrors: []*testgql.InventoryAdjustQuantitiesUserError{
 				{Field: err.Field, Message: err.Message, Code: &code},
-			}}
+			}}, true
 		},
 	}
 	o.Mutations["subscriptionBillingAttemptCreate"] = idemgql.Mutation[billingPayload]{
 		KeyArgument: "input.idempotencyKey",
-		UserErrors: func(err *idemgql.Error) billingPayload {
+		UserErrors: func(err *idemgql.Error) (billingPayload, bool) {
 			return &testgql.SubscriptionBillingAttemptCreatePayload{UserErrors: []*testgql.BillingAttemptUserError{
 				{Field: err.Field, Message: err.Message, Code: &err.Code},
-			}}
+			}}, true
 		},
 	}
 	srv := newServer(t, e, s, o)
@@ -307,6 +307,53 @@ func TestUserErrorsReportsInThePayload(t *testing.T) {
 	require.NoError(t, e.Close())
 	got = srv.mustData(t, adjustQuery, vars("k2", 1))
 	contains(t, got, `"code":"IDEMPOTENCY_UNAVAILABLE"`)
+	require.Equal(t, int64(1), s.adjustRuns.Load())
+}
+
+// TestUserErrorsDeclines checks that a UserErrors that returns false for a
+// code leaves it a GraphQL error with extensions.code, as without
+// UserErrors, while the codes it accepts go in the payload: a userErrors
+// code enum with Shopify's two values only cannot hold the others.
+func TestUserErrorsDeclines(t *testing.T) {
+	e, _ := openEngine(t)
+	s := newShop()
+	o := options()
+	var got []string // the codes UserErrors was called with
+	o.Mutations["inventoryAdjustQuantities"] = idemgql.Mutation[adjustPayload]{
+		UserErrors: func(err *idemgql.Error) (adjustPayload, bool) {
+			got = append(got, err.Code)
+			if err.Code != idemgql.CodeKeyParameterMismatch {
+				// The payload returned with false is ignored.
+				return &testgql.InventoryAdjustQuantitiesPayload{}, false
+			}
+			code := testgql.InventoryAdjustQuantitiesUserErrorCode(err.Code)
+			return &testgql.InventoryAdjustQuantitiesPayload{UserErrors: []*testgql.InventoryAdjustQuantitiesUserError{
+				{Field: err.Field, Message: err.Message, Code: &code},
+			}}, true
+		},
+	}
+	srv := newServer(t, e, s, o)
+
+	srv.mustData(t, adjustQuery, vars("k", 1))
+	data := srv.mustData(t, adjustQuery, vars("k", 2))
+	require.JSONEq(t, `{"inventoryAdjustQuantities":{"inventoryAdjustmentGroup":null,"userErrors":[
+		{"field":null,"message":"The idempotency key was used for another mutation, or with other arguments.","code":"IDEMPOTENCY_KEY_PARAMETER_MISMATCH"}]}}`, data)
+
+	// Declined: the field is null with the error, and the document's
+	// other fields still resolve.
+	require.NoError(t, e.Close())
+	r := srv.post(t, `mutation($key: String!) {
+  ping(message: "before")
+  inventoryAdjustQuantities(input: {reason: "correction", name: "available", changes: [{inventoryItemId: "1", locationId: "1", delta: 3}]}) @idempotent(key: $key) {
+    userErrors { field message code }
+  }
+}`, map[string]any{"key": "k2"})
+	require.Equal(t, []string{idemgql.CodeUnavailable}, r.codes(), "errors %+v", r.Errors)
+	require.JSONEq(t, `{"ping":"before","inventoryAdjustQuantities":null}`, string(r.Data))
+	require.Equal(t, []any{"inventoryAdjustQuantities"}, r.Errors[0].Path)
+	contains(t, r.Errors[0].Message, "closed")
+
+	require.Equal(t, []string{idemgql.CodeKeyParameterMismatch, idemgql.CodeUnavailable}, got)
 	require.Equal(t, int64(1), s.adjustRuns.Load())
 }
 

@@ -43,7 +43,7 @@ const levelDoc = `query Level($item: ID!, $location: ID!) {
 }`
 
 const billDoc = `mutation Bill($contract: ID!, $key: String!) {
-  subscriptionBillingAttemptCreate(subscriptionContractId: $contract, subscriptionBillingAttemptInput: {idempotencyKey: $key}) {
+  subscriptionBillingAttemptCreate(input: {subscriptionContractId: $contract, idempotencyKey: $key}) {
     subscriptionBillingAttempt {
       id idempotencyKey ready createdAt
       order { id name totalPriceSet { shopMoney { amount currencyCode } } }
@@ -399,12 +399,13 @@ func TestBillingAttemptKeyArgument(t *testing.T) {
 	// as the user error's field.
 	p, raw := bill(contract2, key)
 	if p.SubscriptionBillingAttempt != nil || len(p.UserErrors) != 1 || p.UserErrors[0].Code != "IDEMPOTENCY_KEY_PARAMETER_MISMATCH" ||
-		strings.Join(p.UserErrors[0].Field, ".") != "subscriptionBillingAttemptInput.idempotencyKey" {
+		strings.Join(p.UserErrors[0].Field, ".") != "input.idempotencyKey" {
 		t.Errorf("the key with another contract: %s", raw)
 	}
 	// A cancelled contract, with a key of its own: a user error of the
 	// ledger.
-	if p, raw := bill(contract2, "billing-contract-2"); p.SubscriptionBillingAttempt != nil || len(p.UserErrors) != 1 || p.UserErrors[0].Code != "CONTRACT_TERMINATED" {
+	if p, raw := bill(contract2, "billing-contract-2"); p.SubscriptionBillingAttempt != nil || len(p.UserErrors) != 1 || p.UserErrors[0].Code != "CONTRACT_TERMINATED" ||
+		strings.Join(p.UserErrors[0].Field, ".") != "input.subscriptionContractId" {
 		t.Errorf("a cancelled contract: %s", raw)
 	}
 
@@ -512,6 +513,45 @@ func TestRestartWithDataDirectory(t *testing.T) {
 	}
 	s.checkAvailable(item1, location1, 10) // the seed: the earlier run's adjustment is gone with its memory
 	s.checkAdjustments(0)
+}
+
+// TestAdjustOutcomeUnknownAfterCrash kills the service while an adjustment
+// runs, as a crash would, and restarts it on the same -dir: a retry of the
+// key gets IDEMPOTENCY_OUTCOME_UNKNOWN, which the userErrors codes, Shopify's
+// only, cannot hold, so it is a GraphQL error with extensions.code; and the
+// adjustment does not run again.
+func TestAdjustOutcomeUnknownAfterCrash(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	// An adjustment that takes an hour is still running when the service
+	// is killed, once it has logged that it is adjusting.
+	s := startService(t, "-dir", dir, "-latency", "1h")
+	const key = "crash-1"
+	in := adjustInput(-4, item1, location1)
+	body, err := json.Marshal(map[string]any{"query": adjustDoc, "variables": map[string]any{"input": in, "key": key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []byte, 1)
+	go func() { done <- postGraphQL(s.url, body) }()
+	s.waitLine(adjustingRe, 0)
+	s.kill()
+	if raw := <-done; raw != nil {
+		t.Fatalf("the request answered though the service was killed: %s", raw)
+	}
+
+	s = startService(t, "-dir", dir)
+	s.waitLine(regexp.MustCompile(`1 record\(s\) of an earlier run`), 0)
+	r, raw := s.graphql(adjustDoc, map[string]any{"input": in, "key": key})
+	if len(r.Errors) != 1 || r.Errors[0].Extensions["code"] != "IDEMPOTENCY_OUTCOME_UNKNOWN" ||
+		string(r.Data["inventoryAdjustQuantities"]) != "null" {
+		t.Errorf("a retry after the crash: %s; want the field null and one error with extensions.code IDEMPOTENCY_OUTCOME_UNKNOWN", raw)
+	}
+	s.checkAvailable(item1, location1, 10)
+	s.checkAdjustments(0)
+	if n := s.countLines(adjustingRe); n != 0 {
+		t.Errorf("the retry ran the adjustment again (%d lines %q)", n, adjustingRe)
+	}
 }
 
 // TestNATS runs the service with -nats against a NATS server started here

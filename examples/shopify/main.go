@@ -4,7 +4,8 @@
 //
 //   - GraphQL at POST /graphql: inventoryAdjustQuantities, idempotent with
 //     the @idempotent(key:) directive, and subscriptionBillingAttemptCreate,
-//     idempotent by its idempotencyKey argument (package idemgql);
+//     idempotent by the key in its argument, input.idempotencyKey (package
+//     idemgql);
 //   - REST at POST /admin/checkouts/{token}/payments.json, idempotent by
 //     payment.unique_token in the JSON body (package idemhttp).
 //

@@ -75,8 +75,12 @@ type service struct {
 
 	// stop stops the service with SIGTERM, waits for it to exit, and
 	// checks that it exited cleanly, having removed its temporary
-	// directory. It runs once, at the latest when the test ends.
+	// directory. It runs once, at the latest when the test ends, and not
+	// after kill.
 	stop func()
+	// kill kills the service with SIGKILL, as a crash would, and waits for
+	// it to exit. It does nothing after stop.
+	kill func()
 }
 
 var (
@@ -108,26 +112,37 @@ func startService(t testing.TB, args ...string) *service {
 		waitErr = cmd.Wait()
 		close(s.exited)
 	}()
-	s.stop = sync.OnceFunc(func() {
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Errorf("stopping the service: %v", err)
-		}
-		select {
-		case <-s.exited:
-		case <-time.After(waitLimit):
-			cmd.Process.Kill()
-			<-s.exited
-			t.Errorf("the service did not stop within %v of SIGTERM", waitLimit)
-		}
-		if waitErr != nil {
-			t.Errorf("the service exited with %v; its output:\n%s", waitErr, s.output())
-		}
-		if s.tempDir != "" {
-			if _, err := os.Stat(s.tempDir); !os.IsNotExist(err) {
-				t.Errorf("the service left its temporary directory %s (Stat: %v)", s.tempDir, err)
+	var once sync.Once // stop or kill, whichever comes first
+	s.kill = func() {
+		once.Do(func() {
+			if err := cmd.Process.Kill(); err != nil {
+				t.Errorf("killing the service: %v", err)
 			}
-		}
-	})
+			<-s.exited
+		})
+	}
+	s.stop = func() {
+		once.Do(func() {
+			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Errorf("stopping the service: %v", err)
+			}
+			select {
+			case <-s.exited:
+			case <-time.After(waitLimit):
+				cmd.Process.Kill()
+				<-s.exited
+				t.Errorf("the service did not stop within %v of SIGTERM", waitLimit)
+			}
+			if waitErr != nil {
+				t.Errorf("the service exited with %v; its output:\n%s", waitErr, s.output())
+			}
+			if s.tempDir != "" {
+				if _, err := os.Stat(s.tempDir); !os.IsNotExist(err) {
+					t.Errorf("the service left its temporary directory %s (Stat: %v)", s.tempDir, err)
+				}
+			}
+		})
+	}
 	t.Cleanup(s.stop)
 	m := s.waitLine(listeningRe, 0)
 	s.url = m[1]

@@ -110,7 +110,7 @@ type ComplexityRoot struct {
 
 	Mutation struct {
 		InventoryAdjustQuantities        func(childComplexity int, input model.InventoryAdjustQuantitiesInput) int
-		SubscriptionBillingAttemptCreate func(childComplexity int, subscriptionContractID string, subscriptionBillingAttemptInput model.SubscriptionBillingAttemptInput) int
+		SubscriptionBillingAttemptCreate func(childComplexity int, input model.SubscriptionBillingAttemptInput) int
 	}
 
 	Order struct {
@@ -164,7 +164,7 @@ type InventoryLevelResolver interface {
 }
 type MutationResolver interface {
 	InventoryAdjustQuantities(ctx context.Context, input model.InventoryAdjustQuantitiesInput) (*model.InventoryAdjustQuantitiesPayload, error)
-	SubscriptionBillingAttemptCreate(ctx context.Context, subscriptionContractID string, subscriptionBillingAttemptInput model.SubscriptionBillingAttemptInput) (*model.SubscriptionBillingAttemptCreatePayload, error)
+	SubscriptionBillingAttemptCreate(ctx context.Context, input model.SubscriptionBillingAttemptInput) (*model.SubscriptionBillingAttemptCreatePayload, error)
 }
 type QueryResolver interface {
 	InventoryLevel(ctx context.Context, inventoryItemID string, locationID string) (*model.InventoryLevel, error)
@@ -433,7 +433,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Mutation.SubscriptionBillingAttemptCreate(childComplexity, args["subscriptionContractId"].(string), args["subscriptionBillingAttemptInput"].(model.SubscriptionBillingAttemptInput)), true
+		return e.ComplexityRoot.Mutation.SubscriptionBillingAttemptCreate(childComplexity, args["input"].(model.SubscriptionBillingAttemptInput)), true
 
 	case "Order.id":
 		if e.ComplexityRoot.Order.ID == nil {
@@ -1083,22 +1083,14 @@ func (ec *executionContext) field_Mutation_inventoryAdjustQuantities_args(ctx co
 func (ec *executionContext) field_Mutation_subscriptionBillingAttemptCreate_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
 	var err error
 	args := map[string]any{}
-	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "subscriptionContractId",
-		func(ctx context.Context, v any) (string, error) {
-			return ec.unmarshalNID2string(ctx, v)
-		})
-	if err != nil {
-		return nil, err
-	}
-	args["subscriptionContractId"] = arg0
-	arg1, err := graphql.ProcessArgField(ctx, rawArgs, "subscriptionBillingAttemptInput",
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "input",
 		func(ctx context.Context, v any) (model.SubscriptionBillingAttemptInput, error) {
 			return ec.unmarshalNSubscriptionBillingAttemptInput2githubᚗcomᚋidemkvᚋidemᚋexamplesᚋshopifyᚋgraphᚋmodelᚐSubscriptionBillingAttemptInput(ctx, v)
 		})
 	if err != nil {
 		return nil, err
 	}
-	args["subscriptionBillingAttemptInput"] = arg1
+	args["input"] = arg0
 	return args, nil
 }
 
@@ -2249,7 +2241,7 @@ func (ec *executionContext) _Mutation_subscriptionBillingAttemptCreate(ctx conte
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Mutation().SubscriptionBillingAttemptCreate(ctx, fc.Args["subscriptionContractId"].(string), fc.Args["subscriptionBillingAttemptInput"].(model.SubscriptionBillingAttemptInput))
+			return ec.Resolvers.Mutation().SubscriptionBillingAttemptCreate(ctx, fc.Args["input"].(model.SubscriptionBillingAttemptInput))
 		},
 		func(ctx context.Context, next graphql.Resolver) graphql.Resolver {
 			return ec._fieldMiddleware(ctx, nil, next)
@@ -4282,13 +4274,20 @@ func (ec *executionContext) unmarshalInputSubscriptionBillingAttemptInput(ctx co
 		asMap[k] = v
 	}
 
-	fieldsInOrder := [...]string{"idempotencyKey", "originTime"}
+	fieldsInOrder := [...]string{"subscriptionContractId", "idempotencyKey", "originTime"}
 	for _, k := range fieldsInOrder {
 		v, ok := asMap[k]
 		if !ok {
 			continue
 		}
 		switch k {
+		case "subscriptionContractId":
+			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("subscriptionContractId"))
+			data, err := ec.unmarshalNID2string(ctx, v)
+			if err != nil {
+				return it, err
+			}
+			it.SubscriptionContractID = data
 		case "idempotencyKey":
 			ctx := graphql.WithPathContext(ctx, graphql.NewPathWithField("idempotencyKey"))
 			data, err := ec.unmarshalNString2string(ctx, v)

@@ -65,15 +65,14 @@ func (r *mutationResolver) InventoryAdjustQuantities(ctx context.Context, input 
 }
 
 // SubscriptionBillingAttemptCreate is the resolver for the subscriptionBillingAttemptCreate field.
-func (r *mutationResolver) SubscriptionBillingAttemptCreate(ctx context.Context, subscriptionContractID string, subscriptionBillingAttemptInput model.SubscriptionBillingAttemptInput) (*model.SubscriptionBillingAttemptCreatePayload, error) {
-	in := subscriptionBillingAttemptInput
-	a, userErrs, err := r.Ledger.Bill(ctx, subscriptionContractID, in.IdempotencyKey, in.OriginTime)
+func (r *mutationResolver) SubscriptionBillingAttemptCreate(ctx context.Context, input model.SubscriptionBillingAttemptInput) (*model.SubscriptionBillingAttemptCreatePayload, error) {
+	a, userErrs, err := r.Ledger.Bill(ctx, input.SubscriptionContractID, input.IdempotencyKey, input.OriginTime)
 	if err != nil {
 		return nil, err
 	}
 	p := &model.SubscriptionBillingAttemptCreatePayload{UserErrors: billingUserErrors(userErrs)}
 	if a != nil {
-		c, _ := r.Ledger.Contract(subscriptionContractID)
+		c, _ := r.Ledger.Contract(input.SubscriptionContractID)
 		p.SubscriptionBillingAttempt = billingAttempt(a, c)
 	}
 	return p, nil

@@ -227,11 +227,11 @@ func (l *Ledger) Bill(ctx context.Context, contractID, key string, originTime *t
 	l.mu.Unlock()
 	switch {
 	case key == "":
-		return nil, []UserError{{Field: []string{"subscriptionBillingAttemptInput", "idempotencyKey"}, Code: CodeBlank, Message: "Idempotency key can't be blank."}}, nil
+		return nil, []UserError{{Field: []string{"input", "idempotencyKey"}, Code: CodeBlank, Message: "Idempotency key can't be blank."}}, nil
 	case !ok:
-		return nil, []UserError{{Field: []string{"subscriptionContractId"}, Code: CodeContractNotFound, Message: fmt.Sprintf("The subscription contract %s does not exist.", contractID)}}, nil
+		return nil, []UserError{{Field: []string{"input", "subscriptionContractId"}, Code: CodeContractNotFound, Message: fmt.Sprintf("The subscription contract %s does not exist.", contractID)}}, nil
 	case status != ContractActive:
-		return nil, []UserError{{Field: []string{"subscriptionContractId"}, Code: CodeContractTerminated, Message: fmt.Sprintf("The subscription contract %s is %s.", contractID, strings.ToLower(status))}}, nil
+		return nil, []UserError{{Field: []string{"input", "subscriptionContractId"}, Code: CodeContractTerminated, Message: fmt.Sprintf("The subscription contract %s is %s.", contractID, strings.ToLower(status))}}, nil
 	}
 	l.logf("ledger: billing %s", contractID)
 	if err := sleep(ctx, l.latency); err != nil {
