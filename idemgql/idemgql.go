@@ -15,6 +15,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/flights"
 )
 
 // The directive a client writes on a mutation field to make it idempotent,
@@ -200,7 +201,7 @@ type Extension struct {
 	e       *idem.Engine
 	c       config
 	fields  map[string]*fieldSpec
-	flights *flights
+	flights *flights.Flights
 
 	// schema is the schema Validate accepted; nil until then.
 	schema atomic.Pointer[ast.Schema]
@@ -222,7 +223,7 @@ func New(e *idem.Engine, opts *Options) *Extension {
 		panic("idemgql: New called with a nil *idem.Engine")
 	}
 	c := newConfig(opts)
-	x := &Extension{e: e, c: c, fields: make(map[string]*fieldSpec, len(c.Mutations)), flights: newFlights(c.Wait)}
+	x := &Extension{e: e, c: c, fields: make(map[string]*fieldSpec, len(c.Mutations)), flights: flights.New(c.Wait)}
 	for name, f := range c.Mutations {
 		if f == nil || reflect.ValueOf(f).Kind() == reflect.Pointer && reflect.ValueOf(f).IsNil() {
 			panic(fmt.Sprintf("idemgql: Options.Mutations[%q] is nil", name))

@@ -12,6 +12,7 @@ import (
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/idemkv/idem"
+	"github.com/idemkv/idem/internal/flights"
 )
 
 // guardKey is the context key under which InterceptField marks the field
@@ -105,9 +106,8 @@ func (e *typeError) Error() string {
 func (x *Extension) run(ctx context.Context, fc *graphql.FieldContext, spec *fieldSpec, key string, fp []byte, field []string, next graphql.Resolver) (any, error) {
 	dctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w := &waiter{fp: fp, cancel: cancel}
-	x.flights.enter(key, w)
-	defer x.flights.leave(key, w)
+	w := x.flights.Enter(key, fp, cancel)
+	defer x.flights.Leave(key, w)
 
 	var (
 		ran    bool  // the resolver ran for this call
@@ -118,8 +118,8 @@ func (x *Extension) run(ctx context.Context, fc *graphql.FieldContext, spec *fie
 	fn := func() (any, error) {
 		// The resolver runs with the field's context, not dctx: dctx is
 		// only this call's patience as a duplicate.
-		x.flights.start(key, w)
-		defer x.flights.stop(key, w)
+		x.flights.Start(key, w)
+		defer x.flights.Stop(key, w)
 		ran = true
 		v, err := next(runCtx)
 		if err != nil {
@@ -180,7 +180,7 @@ func (x *Extension) run(ctx context.Context, fc *graphql.FieldContext, spec *fie
 	case errors.Is(err, idem.ErrInFlight), dctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		ierr.Code = CodeConcurrentRequest
 		ierr.Message = "A request with this idempotency key is still being processed; retry later."
-		if errors.Is(context.Cause(dctx), errWaitedLong) {
+		if errors.Is(context.Cause(dctx), flights.ErrWaitedLong) {
 			ierr.Message = fmt.Sprintf("A request with this idempotency key is still being processed after waiting %v; retry later.", x.c.Wait)
 		}
 	case errors.Is(err, idem.ErrClosed):
