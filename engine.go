@@ -59,6 +59,9 @@ var (
 	// value was stored, or it is one that msgpack cannot decode (see
 	// DoValue). The Result holds the stored bytes.
 	ErrValueType = errors.New("idem: stored value does not decode into the type asked for")
+	// ErrNotInterrupted is returned by ForgetInterrupted for a key whose
+	// record is not interrupted.
+	ErrNotInterrupted = errors.New("idem: record not interrupted")
 	// ErrReadOnly is returned by the calls that write (Do, Forget, Sweep,
 	// Compact) on an Engine opened with Options.ReadOnly.
 	ErrReadOnly = errors.New("idem: engine opened read-only")
@@ -961,12 +964,24 @@ func (e *Engine) publicRecord(key string, r *StoredRecord, alive map[uint64]bool
 
 // Forget deletes key's record, so that the next Do for it runs fn. It is the
 // way to release a key that reports ErrInterrupted once its outcome has been
-// reconciled. Forgetting a key with no record does nothing. A key that a Do
+// reconciled (ForgetInterrupted does it only if the key still is). Forgetting
+// a key with no record does nothing. A key that a Do
 // call holds in this engine (fn running, or the call reading the key), or
 // whose fn another engine on a shared store is running, cannot be
 // forgotten: Forget returns ErrInFlight. On a shared store, the next Do on
 // every engine sees that the record is gone.
-func (e *Engine) Forget(key string) error {
+func (e *Engine) Forget(key string) error { return e.forget(key, false) }
+
+// ForgetInterrupted is Forget for a key that reports ErrInterrupted: it
+// deletes key's record only if the record is interrupted when Forget holds
+// the key, and returns an error matching ErrNotInterrupted for a record in
+// another state (a corrupt one included), or ErrNotFound for none. Unlike
+// Lookup followed by Forget, no call can store an outcome for the key between
+// the check and the delete (one may, with Options.RetryInterrupted).
+func (e *Engine) ForgetInterrupted(key string) error { return e.forget(key, true) }
+
+// forget is Forget, and ForgetInterrupted if onlyInterrupted.
+func (e *Engine) forget(key string, onlyInterrupted bool) error {
 	if err := e.checkKey(key); err != nil {
 		return err
 	}
@@ -993,11 +1008,22 @@ func (e *Engine) Forget(key string) error {
 	for {
 		rec, rev, found, err := e.read(ctx, key, nil)
 		if errors.Is(err, ErrCorrupt) {
+			if onlyInterrupted {
+				return fmt.Errorf("%w: the record is corrupt (%v)", ErrNotInterrupted, err)
+			}
 			// A corrupt record can be forgotten.
 			return e.store.Delete(ctx, key, 0, WriteForget)
 		}
-		if err != nil || !found {
+		if err != nil {
 			return err
+		}
+		if !found || rec.Expired(e.now()) {
+			if onlyInterrupted {
+				return ErrNotFound
+			}
+			if !found {
+				return nil
+			}
 		}
 		if rec.State == StateInFlight && !rec.Expired(e.now()) {
 			if live, err := e.claimAlive(ctx, &rec); err != nil {
@@ -1005,6 +1031,9 @@ func (e *Engine) Forget(key string) error {
 			} else if live {
 				return ErrInFlight // another engine runs fn
 			}
+		}
+		if onlyInterrupted && !e.interrupted(key, &rec, nil) {
+			return fmt.Errorf("%w: the record is %s", ErrNotInterrupted, rec.State)
 		}
 		err = e.store.Delete(ctx, key, rev, WriteForget)
 		if errors.Is(err, ErrStoreConflict) && e.shared {
@@ -1050,7 +1079,14 @@ var errSkip = errors.New("skip")
 // iteration may or may not be seen. It reads the whole key range named by
 // prefix: it is not meant for a request path.
 func (e *Engine) Records(prefix string) iter.Seq2[Record, error] {
-	return e.records(prefix, nil)
+	return e.records(prefix, "", nil)
+}
+
+// RecordsAfter is Records from the first key after the key after: a page of
+// a listing that goes on where the previous page ended, without reading the
+// records before it.
+func (e *Engine) RecordsAfter(prefix, after string) iter.Seq2[Record, error] {
+	return e.records(prefix, after, nil)
 }
 
 // Interrupted returns the records left in flight by earlier processes: keys
@@ -1059,17 +1095,16 @@ func (e *Engine) Records(prefix string) iter.Seq2[Record, error] {
 // be stored). They report ErrInterrupted until they expire or are forgotten.
 // It yields them as Records does, and reads every record to find them.
 func (e *Engine) Interrupted() iter.Seq2[Record, error] {
-	return e.records("", func(r *Record) bool { return r.State == StateInterrupted })
+	return e.records("", "", func(r *Record) bool { return r.State == StateInterrupted })
 }
 
-// records yields the live records under prefix that keep accepts (all if
-// keep is nil), and the records that fail to decode.
-func (e *Engine) records(prefix string, keep func(*Record) bool) iter.Seq2[Record, error] {
+// records yields the live records under prefix after the key after (from
+// the first if "") that keep accepts (all if keep is nil), and the records
+// that fail to decode.
+func (e *Engine) records(prefix, after string, keep func(*Record) bool) iter.Seq2[Record, error] {
 	return func(yield func(Record, error) bool) {
-		var (
-			after string
-			alive = make(map[uint64]bool) // owners' liveness, asked once a listing
-		)
+		after := after
+		alive := make(map[uint64]bool) // owners' liveness, asked once a listing
 		for {
 			var (
 				keys  []string

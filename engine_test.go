@@ -1230,3 +1230,20 @@ func TestDoValueRefusesLengthsBeyondTheStoredBytes(t *testing.T) {
 	_, _, err = idem.DoValue(ctx, e, "deep", nil, func(context.Context) (any, error) { return nil, nil })
 	require.ErrorIs(t, err, idem.ErrCorrupt)
 }
+
+func TestForgetInterruptedOnly(t *testing.T) {
+	e := open(t, vfs.NewMem(), "db", nil)
+	ctx := context.Background()
+	if _, err := e.Do(ctx, "done", nil, func(context.Context) ([]byte, error) { return []byte("v"), nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ForgetInterrupted("done"); !errors.Is(err, idem.ErrNotInterrupted) {
+		t.Fatalf("ForgetInterrupted of a completed key: %v", err)
+	}
+	if err := e.ForgetInterrupted("none"); !errors.Is(err, idem.ErrNotFound) {
+		t.Fatalf("ForgetInterrupted of no key: %v", err)
+	}
+	if _, err := e.Lookup("done"); err != nil {
+		t.Fatalf("done was forgotten: %v", err)
+	}
+}
