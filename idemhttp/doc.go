@@ -198,4 +198,15 @@
 //     set above it, or a storage error), the client still gets the handler's
 //     response and the error is logged; a retry then runs the handler again
 //     (too large) or gets ProblemOutcomeUnknown (storage error).
+//
+// # Admin handler
+//
+// AdminHandler serves an operator's view of the engine on a service's
+// internal port: its stats, the interrupted keys (paged), any record (a
+// record of this middleware as the response it stores) and forget, as JSON,
+// every error as problem+json. An Admin, installed as the engine's
+// Options.Observer (with idem.Observers beside another Observer), adds
+// latency histograms (Admin.Handler). Every request goes through
+// AdminOptions.Authorize; with none, every request is refused. cmd/idem
+// reads it with --url, and idem top shows it live.
 package idemhttp

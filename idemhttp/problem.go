@@ -65,6 +65,13 @@ var problemTitles = map[string]string{
 	ProblemOutcomeUnknown: "Outcome of the request with this idempotency key unknown",
 	ProblemUnavailable:    "Idempotency store unavailable",
 	ProblemInternal:       "Idempotency store error",
+
+	// The admin handler's (admin.go).
+	ProblemAdminBadRequest:     "Bad admin request",
+	ProblemAdminForbidden:      "Admin request refused",
+	ProblemAdminNoEndpoint:     "No such admin endpoint",
+	ProblemAdminNoRecord:       "No record for this key",
+	ProblemAdminNotInterrupted: "Key not interrupted",
 }
 
 // problem is an RFC 9457 problem details object.
