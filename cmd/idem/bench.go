@@ -61,12 +61,8 @@ standard output.`,
 		cfg        benchConfig
 		durability string
 	)
-	c.flags.StringVar(&cfg.Dir, "dir", "", "directory `DIR` for the engine, which must be empty or absent and is kept\n(default a temporary directory, removed at the end)")
 	c.flags.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run the load")
-	c.flags.IntVar(&cfg.Concurrency, "concurrency", 16, "number of goroutines calling Do")
-	c.flags.StringVar(&durability, "durability", "all", "the engine's durability `mode`: all, result or none")
-	c.flags.Float64Var(&cfg.DupRatio, "dup-ratio", 0.2, "fraction of calls that reuse a key (half replays, half duplicates), from 0 to 1")
-	c.flags.IntVar(&cfg.ValueSize, "value-size", 256, "bytes of the value fn returns")
+	addLoadFlags(c, &cfg, &durability)
 	pos, code, ok := c.parse(args)
 	if !ok {
 		return code
@@ -76,18 +72,10 @@ standard output.`,
 		return c.usageError("unexpected argument %q", pos[0])
 	case cfg.Duration <= 0:
 		return c.usageError("--duration must be positive, not %v", cfg.Duration)
-	case cfg.Concurrency < 1:
-		return c.usageError("--concurrency must be at least 1, not %d", cfg.Concurrency)
-	case !(cfg.DupRatio >= 0 && cfg.DupRatio <= 1):
-		return c.usageError("--dup-ratio must be from 0 to 1, not %v", cfg.DupRatio)
-	case cfg.ValueSize < 0 || cfg.ValueSize > idem.DefaultMaxValueSize:
-		return c.usageError("--value-size must be from 0 to %d, not %d", idem.DefaultMaxValueSize, cfg.ValueSize)
 	}
-	d, ok := parseDurability(durability)
-	if !ok {
-		return c.usageError("--durability must be all, result or none, not %q", durability)
+	if code, ok := checkLoadFlags(c, &cfg, durability); !ok {
+		return code
 	}
-	cfg.Durability = d
 
 	rep, err := runBench(ctx, cfg, stdout, stderr, isTerminal(stderr))
 	if err != nil {
@@ -100,6 +88,57 @@ standard output.`,
 		return c.failf("interrupted after %v; the figures above are for that time", rep.elapsed.Round(100*time.Millisecond))
 	}
 	return exitOK
+}
+
+// loadFlags are the names of the flags of addLoadFlags.
+var loadFlags = []string{"dir", "concurrency", "durability", "dup-ratio", "value-size"}
+
+// addLoadFlags adds to c the flags of a load, bench's and top's, which set
+// cfg and the name of its durability mode.
+func addLoadFlags(c *cli, cfg *benchConfig, durability *string) {
+	c.flags.StringVar(&cfg.Dir, "dir", "", "directory `DIR` for the engine, which must be empty or absent and is kept\n(default a temporary directory, removed at the end)")
+	c.flags.IntVar(&cfg.Concurrency, "concurrency", 16, "number of goroutines calling Do")
+	c.flags.StringVar(durability, "durability", "all", "the engine's durability `mode`: all, result or none")
+	c.flags.Float64Var(&cfg.DupRatio, "dup-ratio", 0.2, "fraction of calls that reuse a key (half replays, half duplicates), from 0 to 1")
+	c.flags.IntVar(&cfg.ValueSize, "value-size", 256, "bytes of the value fn returns")
+}
+
+// checkLoadFlags checks the flags of addLoadFlags, once parsed, and sets
+// cfg.Durability; it returns a usage error for a bad one.
+func checkLoadFlags(c *cli, cfg *benchConfig, durability string) (int, bool) {
+	switch {
+	case cfg.Concurrency < 1:
+		return c.usageError("--concurrency must be at least 1, not %d", cfg.Concurrency), false
+	case !(cfg.DupRatio >= 0 && cfg.DupRatio <= 1):
+		return c.usageError("--dup-ratio must be from 0 to 1, not %v", cfg.DupRatio), false
+	case cfg.ValueSize < 0 || cfg.ValueSize > idem.DefaultMaxValueSize:
+		return c.usageError("--value-size must be from 0 to %d, not %d", idem.DefaultMaxValueSize, cfg.ValueSize), false
+	}
+	d, ok := parseDurability(durability)
+	if !ok {
+		return c.usageError("--durability must be all, result or none, not %q", durability), false
+	}
+	cfg.Durability = d
+	return exitOK, true
+}
+
+// loadDir returns the directory of a load: dir, which must be empty or
+// absent, or a new temporary one if dir is "", which cleanup removes. where
+// names it for the reader.
+func loadDir(dir string) (path, where string, cleanup func(), err error) {
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "idem-bench-")
+		if err != nil {
+			return "", "", nil, err
+		}
+		return tmp, tmp + " (temporary)", func() { os.RemoveAll(tmp) }, nil
+	}
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return "", "", nil, fmt.Errorf("--dir %s is not empty: the load needs an empty or absent directory", dir)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", "", nil, err
+	}
+	return dir, dir, func() {}, nil
 }
 
 // benchReport holds the figures of a bench run.
@@ -140,24 +179,22 @@ type benchRun struct {
 	stop   atomic.Bool            // set when the workers must stop
 }
 
+// newBenchRun returns the state of a run of the load of cfg on e.
+func newBenchRun(cfg benchConfig, e *idem.Engine) *benchRun {
+	r := &benchRun{cfg: cfg, e: e, values: make([]byte, cfg.ValueSize+64<<10)}
+	rand.Read(r.values)
+	return r
+}
+
 // runBench runs the load of cfg, writes the progress to progress (as a
 // line rewritten in place when tty) and the table to w, and returns the
 // figures. An error means the run could not be made.
 func runBench(ctx context.Context, cfg benchConfig, w, progress io.Writer, tty bool) (*benchReport, error) {
-	dir := cfg.Dir
-	where := dir
-	if dir == "" {
-		tmp, err := os.MkdirTemp("", "idem-bench-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(tmp)
-		dir, where = tmp, tmp+" (temporary)"
-	} else if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
-		return nil, fmt.Errorf("--dir %s is not empty: bench needs an empty or absent directory", dir)
-	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+	dir, where, cleanup, err := loadDir(cfg.Dir)
+	if err != nil {
 		return nil, err
 	}
+	defer cleanup()
 	fs := countfs.New(vfs.Default)
 	e, err := idem.Open(dir, &idem.Options{Durability: cfg.Durability, FS: fs})
 	if err != nil {
@@ -167,8 +204,7 @@ func runBench(ctx context.Context, cfg benchConfig, w, progress io.Writer, tty b
 
 	fmt.Fprintf(w, "idem bench: %v, concurrency %d, durability %v, dup-ratio %g, value size %d B, dir %s\n",
 		cfg.Duration, cfg.Concurrency, cfg.Durability, cfg.DupRatio, cfg.ValueSize, where)
-	r := &benchRun{cfg: cfg, e: e, values: make([]byte, cfg.ValueSize+64<<10)}
-	rand.Read(r.values)
+	r := newBenchRun(cfg, e)
 
 	syncs0, written0 := fs.Syncs(), fs.Written()
 	start := time.Now()

@@ -79,9 +79,10 @@ func binary(t testing.TB) string {
 
 // childEnv returns the environment of the binary's runs: this process's,
 // with the race detector's sleep of a second at exit turned off (a race in
-// the binary still makes it exit with status 66).
+// the binary still makes it exit with status 66), and the token of the test
+// services (serve) in $IDEM_AUTHORIZATION.
 func childEnv() []string {
-	return append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+	return append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"), authEnv+"="+testToken)
 }
 
 // result is what a run of the binary did.
@@ -97,10 +98,17 @@ func (r result) String() string {
 // idemRun runs the binary with args and stdin (nothing if nil).
 func idemRun(t testing.TB, stdin io.Reader, args ...string) result {
 	t.Helper()
+	return idemRunEnv(t, stdin, nil, args...)
+}
+
+// idemRunEnv runs the binary with args and stdin (nothing if nil), and the
+// variables env on top of childEnv's.
+func idemRunEnv(t testing.TB, stdin io.Reader, env []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := testproc.CommandContext(t, ctx, binary(t), args...)
-	cmd.Env = childEnv()
+	cmd.Env = append(childEnv(), env...)
 	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -102,17 +102,9 @@ func (h *httpRecord) writeResponse(w io.Writer) {
 	}
 }
 
-// jsonHTTP is an idemhttp record in get --json.
-type jsonHTTP struct {
-	Key           string      `json:"key"`   // the client's key
-	Scope         string      `json:"scope"` // "" without one
-	Status        int         `json:"status"`
-	Header        http.Header `json:"header"`
-	Body          *string     `json:"body,omitempty"` // as text when it is printable
-	BodyBase64    *string     `json:"body_base64,omitempty"`
-	BodyOmitted   bool        `json:"body_omitted,omitempty"`
-	HeaderOmitted bool        `json:"header_omitted,omitempty"`
-}
+// jsonHTTP is an idemhttp record in get --json: the admin handler's
+// object.
+type jsonHTTP = idemhttp.AdminHTTP
 
 // toJSON returns h, which holds a response, for get --json.
 func (h *httpRecord) toJSON() *jsonHTTP {

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,30 +24,55 @@ import (
 // the database with Options.ReadOnly, which changes nothing in the
 // directory. A read-only engine reads every in-flight marker as
 // interrupted: the directory is not open in another process (it would be
-// locked), so no fn is running for it.
+// locked), so no fn is running for it. With --url, each reads the database
+// of a running service through its admin handler instead, and writes the
+// same output (see database.go).
 
 // stateCorrupt is the state ls and stats show for a record that cannot be
 // decoded (an error matching idem.ErrCorrupt).
 const stateCorrupt = "corrupt"
 
 // statsCommand is the stats subcommand.
-func statsCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c := newCLI("stats", "stats DIR",
+func statsCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("stats", "stats DIR | stats --url URL",
 		`Stats reads the idem database in DIR, read-only, and reports its live
 records by state, the stored size of their keys and values, the oldest and
 newest expiry, the records that have expired but are still on disk (the next
 sweep removes them: 'idem sweep DIR' does it now), and Pebble's figures: disk
-usage (with the files behind it), read amplification and compactions.`,
-		`idem stats /var/lib/payments/idem`, stdin, stdout, stderr)
-	dir, code, ok := c.parseDir(args)
+usage (with the files behind it), read amplification and compactions.
+
+With --url, it asks the running service that has the database open, through
+its admin handler: the same figures, but for the expired records (the engine
+hides them) and the files, and the service's counters of calls since it
+opened the database. Counting the records reads every one of them, as on a
+directory: on a large database, that is a full scan of the service's store.`,
+		`idem stats /var/lib/payments/idem
+idem stats --url http://127.0.0.1:9090/idem`, stdin, stdout, stderr)
+	t, _, code, ok := c.parseTarget(args, 0, "one argument, the database's directory", "no argument with --url")
 	if !ok {
 		return code
 	}
-	e, err := openReadOnly(dir, newClock(seeAll))
+	if t.url != "" {
+		r, err := newRemote(ctx, t.url, nil)
+		if err != nil {
+			return c.fail(err)
+		}
+		defer r.close()
+		st, err := r.stats(true)
+		if err != nil {
+			return c.fail(err)
+		}
+		rs, err := adminRecordStats(st.Records)
+		if err != nil {
+			return c.fail(err)
+		}
+		return c.writeStats(statsView{target: t, rs: rs, diskUsage: st.DiskUsage, readAmp: st.ReadAmplification, compactions: st.Compactions, service: st}, time.Now())
+	}
+	e, err := openReadOnly(t.dir, newClock(seeAll))
 	if err != nil {
 		return c.fail(err)
 	}
-	return c.closeEngine(e, c.stats(e, dir, time.Now()))
+	return c.closeEngine(e, c.stats(e, t.dir, time.Now()))
 }
 
 // recordStats are the figures stats and sweep gather from the records.
@@ -105,13 +131,32 @@ func (c *cli) stats(e *idem.Engine, dir string, now time.Time) int {
 		return c.fail(err)
 	}
 	st := e.Stats()
-	files := dirFiles(dir)
+	return c.writeStats(statsView{target: target{dir: dir}, rs: rs, diskUsage: st.DiskUsage, readAmp: st.ReadAmplification, compactions: st.Compactions, files: dirFiles(dir)}, now)
+}
 
+// statsView is what stats shows: the figures of a directory, or those of a
+// service (which has no expired records to count, no files to show, and
+// counters of calls).
+type statsView struct {
+	target
+	rs                              recordStats
+	diskUsage, readAmp, compactions uint64
+	files                           []fileGroup          // a directory's
+	service                         *idemhttp.AdminStats // a service's; nil for a directory
+}
+
+// writeStats writes v as stats shows it, at now.
+func (c *cli) writeStats(v statsView, now time.Time) int {
+	rs := v.rs
 	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintf(tw, "database\t%s\n", dir)
+	if v.service != nil {
+		fmt.Fprintf(tw, "service\t%s\n", v.url)
+	} else {
+		fmt.Fprintf(tw, "database\t%s\n", v.dir)
+	}
 	fmt.Fprintf(tw, "records\t%d\n", rs.total)
-	for _, s := range []string{"completed", "failed", "interrupted", stateCorrupt} {
-		if n := rs.byState[s]; n > 0 || s != stateCorrupt {
+	for _, s := range []string{"completed", "failed", "in-flight", "interrupted", stateCorrupt} {
+		if n := rs.byState[s]; n > 0 || (s != stateCorrupt && s != "in-flight") {
 			fmt.Fprintf(tw, "  %s\t%d\n", s, n)
 		}
 	}
@@ -124,29 +169,83 @@ func (c *cli) stats(e *idem.Engine, dir string, now time.Time) int {
 		fmt.Fprint(tw, "oldest expiry\t-\n")
 		fmt.Fprint(tw, "newest expiry\t-\n")
 	}
-	if rs.expired > 0 {
+	switch {
+	case v.service != nil:
+		fmt.Fprintf(tw, "expired\t-\t(not visible through the service: its engine hides expired records, and its sweeper removes them; %d swept since it opened the database)\n",
+			v.service.Swept)
+	case rs.expired > 0:
 		fmt.Fprintf(tw, "expired\t%d\t(not swept yet: %s of keys and values that the next sweep removes; 'idem sweep %s' does it now)\n",
-			rs.expired, formatBytes(rs.expiredBytes), dir)
-	} else {
+			rs.expired, formatBytes(rs.expiredBytes), v.dir)
+	default:
 		fmt.Fprint(tw, "expired\t0\t(none waiting for a sweep)\n")
 	}
-	fmt.Fprintf(tw, "disk usage\t%s\t(%d bytes: Pebble's count of its tables and log)\n", formatBytes(int64(st.DiskUsage)), st.DiskUsage)
-	var total fileGroup
-	for _, f := range files {
-		total.count += f.count
-		total.bytes += f.bytes
+	fmt.Fprintf(tw, "disk usage\t%s\t(%d bytes: Pebble's count of its tables and log)\n", formatBytes(int64(v.diskUsage)), v.diskUsage)
+	if v.service == nil {
+		var total fileGroup
+		for _, f := range v.files {
+			total.count += f.count
+			total.bytes += f.bytes
+		}
+		fmt.Fprintf(tw, "files\t%s\t(%d in the directory)\n", formatBytes(total.bytes), total.count)
+		for _, f := range v.files {
+			fmt.Fprintf(tw, "  %s\t%s\t(%d %s)\n", f.kind, formatBytes(f.bytes), f.count, plural(f.count, "file", "files"))
+		}
 	}
-	fmt.Fprintf(tw, "files\t%s\t(%d in the directory)\n", formatBytes(total.bytes), total.count)
-	for _, f := range files {
-		fmt.Fprintf(tw, "  %s\t%s\t(%d %s)\n", f.kind, formatBytes(f.bytes), f.count, plural(f.count, "file", "files"))
+	fmt.Fprintf(tw, "read amplification\t%d\t(sstable levels a read may visit)\n", v.readAmp)
+	if s := v.service; s != nil {
+		fmt.Fprintf(tw, "compactions\t%d\t(since the service opened the database)\n", v.compactions)
+		fmt.Fprintf(tw, "calls\t%d\t(Do calls since the service opened the database)\n", s.Calls)
+		for _, n := range []struct {
+			name  string
+			count uint64
+			note  string
+		}{
+			{"executions", s.Executions, "fn ran"},
+			{"replays", s.Replays, "answered with a stored outcome, or a concurrent call's"},
+			{"waits", s.Waits, "waited for a concurrent call of the key"},
+			{"conflicts", s.Conflicts, "ErrInFlight"},
+			{"mismatches", s.Mismatches, "ErrFingerprintMismatch"},
+			{"interrupted", s.Interrupted, "ErrInterrupted: met a key left in flight by a crash"},
+		} {
+			fmt.Fprintf(tw, "  %s\t%d\t(%s)\n", n.name, n.count, n.note)
+		}
+	} else {
+		fmt.Fprintf(tw, "compactions\t%d\t(during this command; Pebble keeps no count across opens)\n", v.compactions)
 	}
-	fmt.Fprintf(tw, "read amplification\t%d\t(sstable levels a read may visit)\n", st.ReadAmplification)
-	fmt.Fprintf(tw, "compactions\t%d\t(during this command; Pebble keeps no count across opens)\n", st.Compactions)
 	tw.Flush()
 	if n := rs.byState["interrupted"]; n > 0 {
-		fmt.Fprintf(c.stderr, "idem stats: %d interrupted %s: see 'idem interrupted %s'\n", n, plural(n, "key", "keys"), dir)
+		fmt.Fprintf(c.stderr, "idem stats: %d interrupted %s: see 'idem interrupted %s'\n", n, plural(n, "key", "keys"), v.target)
 	}
 	return exitOK
+}
+
+// adminRecordStats returns the figures of a service's records as stats
+// shows them.
+func adminRecordStats(a *idemhttp.AdminRecordStats) (recordStats, error) {
+	rs := recordStats{byState: make(map[string]int)}
+	if a == nil {
+		return rs, errors.New("the service sent no figures of its records")
+	}
+	maps.Copy(rs.byState, a.ByState)
+	rs.total, rs.keyBytes, rs.valueBytes = a.Total, a.KeyBytes, a.ValueBytes
+	for _, x := range []struct {
+		from *idemhttp.AdminExpiry
+		at   *time.Time
+		key  *string
+	}{{a.OldestExpiry, &rs.oldest, &rs.oldestK}, {a.NewestExpiry, &rs.newest, &rs.newestK}} {
+		if x.from == nil {
+			continue
+		}
+		*x.at, *x.key = x.from.At, x.from.Key
+		if x.from.KeyBase64 != "" {
+			k, err := base64.StdEncoding.DecodeString(x.from.KeyBase64)
+			if err != nil {
+				return rs, fmt.Errorf("the service sent a key in bad base64: %w", err)
+			}
+			*x.key = string(k)
+		}
+	}
+	return rs, nil
 }
 
 func plural(n int, one, many string) string {
@@ -194,47 +293,56 @@ func dirFiles(dir string) []fileGroup {
 }
 
 // parseState checks an --state value: a state's name, or "corrupt". There
-// is no "in-flight": a read-only engine reads every in-flight marker as
-// interrupted.
-func parseState(s string) (string, bool) {
+// is no "in-flight" on a directory: a read-only engine reads every in-flight
+// marker as interrupted. A service (remote) has some: fn is running for
+// them.
+func parseState(s string, remote bool) (string, bool) {
 	switch s {
 	case "", "completed", "failed", "interrupted", stateCorrupt:
 		return s, true
+	case "in-flight":
+		return s, remote
 	}
 	return "", false
 }
 
 // lsCommand is the ls subcommand.
-func lsCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c := newCLI("ls", "ls DIR [--state S] [--prefix P] [--limit N] [--json]",
+func lsCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("ls", "ls DIR|--url URL [--state S] [--prefix P] [--limit N] [--json]",
 		`Ls lists the live records of the idem database in DIR, read-only, in key
 order: key, state, when it was stored, when it expires, and the size of its
 value (of its error message for a failed record; "-" for an interrupted one).
 Keys that are not printable or hold spaces are quoted. A record that cannot be
-decoded is listed with the state "corrupt".`,
+decoded is listed with the state "corrupt". With --url, it lists those of the
+running service that has the database open, through its admin handler, where
+a record may also be in flight (fn running for it: state in-flight).`,
 		`idem ls /var/lib/payments/idem --state failed --prefix tenant-42/ --limit 20
-idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key'`,
+idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key'
+idem ls --url http://127.0.0.1:9090/idem --state in-flight`,
 		stdin, stdout, stderr)
 	var (
 		state, prefix string
 		limit         int
 		asJSON        bool
 	)
-	c.flags.StringVar(&state, "state", "", "only records in state `S`: completed, failed, interrupted or corrupt")
+	c.flags.StringVar(&state, "state", "", "only records in state `S`: completed, failed, interrupted or corrupt (and in-flight with --url)")
 	c.flags.StringVar(&prefix, "prefix", "", "only keys that start with `P`")
 	c.flags.IntVar(&limit, "limit", 0, "at most `N` records (0: all)")
 	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
-	dir, code, ok := c.parseDir(args)
+	t, _, code, ok := c.parseTarget(args, 0, "one argument, the database's directory", "no argument with --url")
 	if !ok {
 		return code
 	}
 	if limit < 0 {
 		return c.usageError("--limit must be 0 or more, not %d", limit)
 	}
-	if _, ok := parseState(state); !ok {
+	if _, ok := parseState(state, t.url != ""); !ok {
+		if t.url != "" {
+			return c.usageError("--state must be completed, failed, in-flight, interrupted or corrupt, not %q", state)
+		}
 		return c.usageError("--state must be completed, failed, interrupted or corrupt, not %q", state)
 	}
-	e, err := openReadOnly(dir, nil)
+	db, err := openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -244,8 +352,8 @@ idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key
 		}
 		return state == "" || r.State.String() == state
 	}
-	n, code := c.list(e.Records(prefix), keep, limit, asJSON, false)
-	code = c.closeEngine(e, code)
+	n, code := c.list(db.records(prefix, state), keep, limit, asJSON, false)
+	code = c.closeDB(db, code)
 	if code == exitOK && n == 0 && !asJSON {
 		if state != "" || prefix != "" {
 			fmt.Fprintln(c.stderr, "idem ls: no live records match")
@@ -257,33 +365,38 @@ idem ls /var/lib/payments/idem --json | jq -r 'select(.value_size > 1000) | .key
 }
 
 // interruptedCommand is the interrupted subcommand.
-func interruptedCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c := newCLI("interrupted", "interrupted DIR [--json]",
+func interruptedCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("interrupted", "interrupted DIR|--url URL [--json]",
 		`Interrupted lists, read-only, the keys of the idem database in DIR whose fn
 was running when a process stopped (crashed, or was killed): their outcome is
 unknown, and Do returns ErrInterrupted for them until they expire or are
 forgotten. For each, find out whether its operation took effect (the created
 time is when fn started), settle it, then release the key with
-'idem forget DIR KEY...' so that the next call runs fn again.`,
-		`idem interrupted /var/lib/payments/idem`, stdin, stdout, stderr)
+'idem forget DIR KEY...' so that the next call runs fn again.
+
+With --url, it lists those of the running service that has the database open,
+through its admin handler: the service need not be stopped, and 'idem forget
+--url URL KEY...' releases them.`,
+		`idem interrupted /var/lib/payments/idem
+idem interrupted --url http://127.0.0.1:9090/idem --json`, stdin, stdout, stderr)
 	var asJSON bool
 	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
-	dir, code, ok := c.parseDir(args)
+	t, _, code, ok := c.parseTarget(args, 0, "one argument, the database's directory", "no argument with --url")
 	if !ok {
 		return code
 	}
-	e, err := openReadOnly(dir, nil)
+	db, err := openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
 	keep := func(*idem.Record, error) bool { return true }
-	n, code := c.list(e.Interrupted(), keep, 0, asJSON, true)
-	code = c.closeEngine(e, code)
+	n, code := c.list(db.interrupted(), keep, 0, asJSON, true)
+	code = c.closeDB(db, code)
 	if code == exitOK && !asJSON {
 		if n == 0 {
 			fmt.Fprintln(c.stderr, "idem interrupted: no interrupted keys")
 		} else {
-			fmt.Fprintf(c.stderr, "idem interrupted: %d %s; reconcile each, then: idem forget %s KEY...\n", n, plural(n, "key", "keys"), dir)
+			fmt.Fprintf(c.stderr, "idem interrupted: %d %s; reconcile each, then: idem forget %s KEY...\n", n, plural(n, "key", "keys"), t)
 		}
 	}
 	return code
@@ -352,23 +465,9 @@ func (c *cli) list(seq func(func(idem.Record, error) bool), keep func(*idem.Reco
 }
 
 // jsonRecord is a record as ls --json, interrupted --json and get --json
-// write it.
-type jsonRecord struct {
-	Key string `json:"key"`
-	// KeyBase64 is the exact key when it is not valid UTF-8 (Key then has
-	// replacement characters).
-	KeyBase64 string     `json:"key_base64,omitempty"`
-	State     string     `json:"state"`
-	Created   *time.Time `json:"created,omitempty"`
-	Expires   *time.Time `json:"expires,omitempty"`
-	ValueSize *int       `json:"value_size,omitempty"` // completed records
-	Error     string     `json:"error,omitempty"`      // failed records: the stored message; corrupt ones: why
-	// get only: the value as text when it is printable, else in base64.
-	Value       *string `json:"value,omitempty"`
-	ValueBase64 *string `json:"value_base64,omitempty"`
-	// get only: the response an idemhttp record holds, decoded.
-	HTTP *jsonHTTP `json:"http,omitempty"`
-}
+// write it: the object of the admin handler of idemhttp, so that a record
+// reads the same from a directory and from a service.
+type jsonRecord = idemhttp.AdminRecord
 
 func toJSON(r *idem.Record, err error, withValue bool) jsonRecord {
 	j := jsonRecord{Key: r.Key}
@@ -405,15 +504,17 @@ func textOrBase64(b []byte) (text, b64 *string) {
 }
 
 // getCommand is the get subcommand.
-func getCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c := newCLI("get", "get DIR KEY [--http] [--scope S] [--raw | --json]",
+func getCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("get", "get DIR|--url URL KEY [--http] [--scope S] [--raw | --json]",
 		`Get shows one record of the idem database in DIR, read-only, in full: its
 state, when it was stored and expires, and its value, as text when it is
 printable and in base64 otherwise (a failed record shows its stored error
 message). A record of the idemhttp middleware shows the client's key, its
 scope and the stored response (status, header fields, body) instead. --raw
 writes the value's bytes alone, as stored, for a completed record. A key that
-starts with "-" goes after "--": idem get DIR -- -KEY.
+starts with "-" goes after "--": idem get DIR -- -KEY. With --url, it shows
+the record as the running service that has the database open has it, through
+its admin handler.
 
 The middleware stores the response to a request under an engine key made of
 the scope's length, a colon, the scope and the client's key ("0:k-1" for the
@@ -421,7 +522,8 @@ key k-1 without a scope): with --http (and --scope for a scope), KEY is the
 client's key and get finds that engine key.`,
 		`idem get /var/lib/payments/idem pay-000042
 idem get /var/lib/payments/idem pay-000042 --raw > receipt.bin
-idem get /var/lib/shop/idem --http --scope tenant-42 8e03978e-40d5-43e8-bc93-6894a57f9324`,
+idem get /var/lib/shop/idem --http --scope tenant-42 8e03978e-40d5-43e8-bc93-6894a57f9324
+idem get --url http://127.0.0.1:9090/idem pay-000042`,
 		stdin, stdout, stderr)
 	var (
 		raw, asJSON, httpKey bool
@@ -431,43 +533,41 @@ idem get /var/lib/shop/idem --http --scope tenant-42 8e03978e-40d5-43e8-bc93-689
 	c.flags.BoolVar(&asJSON, "json", false, "write the record as a JSON object")
 	c.flags.BoolVar(&httpKey, "http", false, "KEY is a client's Idempotency-Key: show the idemhttp middleware's record of it")
 	c.flags.StringVar(&scope, "scope", "", "with --http (which it implies), the middleware's scope `S` of the client (Options.Scope)")
-	pos, code, ok := c.parse(args)
+	t, rest, code, ok := c.parseTarget(args, 1, "two arguments, the database's directory and a key", "one argument with --url, a key")
 	if !ok {
 		return code
 	}
 	c.flags.Visit(func(f *flag.Flag) { httpKey = httpKey || f.Name == "scope" })
 	switch {
-	case len(pos) != 2:
-		return c.usageError("want two arguments, the database's directory and a key; got %d", len(pos))
-	case pos[1] == "":
+	case rest[0] == "":
 		return c.usageError("the key is empty")
 	case raw && asJSON:
 		return c.usageError("--raw and --json exclude each other")
 	}
-	dir, key := pos[0], pos[1]
+	key := rest[0]
 	if httpKey {
 		key = idemhttp.EngineKey(scope, key)
 	}
-	e, err := openReadOnly(dir, nil)
+	db, err := openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
-	return c.closeEngine(e, c.get(e, dir, key, raw, asJSON, httpKey))
+	return c.closeDB(db, c.get(db, t, key, raw, asJSON, httpKey))
 }
 
 // get shows key's record. httpKey says that key was made from a client's
 // key with --http.
-func (c *cli) get(e *idem.Engine, dir, key string, raw, asJSON, httpKey bool) int {
-	r, err := e.Lookup(key)
+func (c *cli) get(db database, t target, key string, raw, asJSON, httpKey bool) int {
+	r, err := db.lookup(key)
 	switch {
 	case errors.Is(err, idem.ErrNotFound):
 		if !httpKey {
 			// The operator may have given a client's key, not its
 			// engine key.
 			alt := idemhttp.EngineKey("", key)
-			if _, err := e.Lookup(alt); err == nil {
+			if _, err := db.lookup(alt); err == nil {
 				return c.failf("no record for key %s; the idemhttp middleware's record of the client key %s (no scope) is under %s: idem get %s --http %s",
-					displayKey(key), displayKey(key), displayKey(alt), dir, displayKey(key))
+					displayKey(key), displayKey(key), displayKey(alt), t, displayKey(key))
 			}
 		}
 		return c.failf("no record for key %s (there is none, or it has expired)", displayKey(key))
@@ -522,9 +622,11 @@ func (c *cli) get(e *idem.Engine, dir, key string, raw, asJSON, httpKey bool) in
 		}
 	case idem.StateFailed:
 		fmt.Fprintf(w, "error:    %s\n", r.Err)
+	case idem.StateInFlight:
+		fmt.Fprint(w, "value:    none yet: fn is running for this key in the service.\n")
 	case idem.StateInterrupted:
 		fmt.Fprintf(w, "value:    none: fn was running when a process stopped, so its outcome is unknown.\n"+
-			"          Reconcile it, then: idem forget %s %s\n", dir, displayKey(r.Key))
+			"          Reconcile it, then: idem forget %s %s\n", t, displayKey(r.Key))
 	}
 	return exitOK
 }

@@ -18,6 +18,9 @@
 //	sweep        remove the expired records now and compact, and report the
 //	             records removed and the disk usage before and after
 //	bench        a load on this machine's disk: throughput, latency, fsyncs
+//	top          the rates of calls, executions, replays and conflicts and the
+//	             latency percentiles, refreshed live: of a running service, or
+//	             of a load as bench runs
 //	demo         run a flaky payment client against an engine, with a restart
 //	             in the middle, and check that no payment is charged twice and
 //	             no acknowledged result is lost
@@ -26,7 +29,10 @@
 // nothing in its directory. forget and sweep write; they refuse a directory
 // that holds no idem database without creating anything in it. Every command
 // that takes a database's directory refuses one that another process has
-// open.
+// open. stats, ls, get, interrupted and forget take --url instead of a
+// directory: the URL of the admin handler (idemhttp.Admin) of the running
+// service that has the database open, which they read and change through
+// it, with the same output, without stopping the service.
 //
 // Exit status: 0 on success, 1 when the command failed (with a one-line
 // message on standard error), 2 when the command line is wrong. Flags may
@@ -94,6 +100,11 @@ var commands = []command{
 		name:    "bench",
 		summary: "run a load on this machine's disk: throughput, latency per path, fsyncs",
 		run:     benchCommand,
+	},
+	{
+		name:    "top",
+		summary: "show the rates of calls, replays, conflicts and executions and the latency percentiles, live: of a service (--url) or of a load",
+		run:     topCommand,
 	},
 	{
 		name:    "demo",

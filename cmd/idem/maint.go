@@ -18,8 +18,8 @@ import (
 // refused unchanged, then opens it for writing, which advances its epoch.
 
 // forgetCommand is the forget subcommand.
-func forgetCommand(_ context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	c := newCLI("forget", "forget DIR KEY... [--yes] [--any-state]",
+func forgetCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c := newCLI("forget", "forget DIR|--url URL KEY... [--yes] [--any-state]",
 		`Forget deletes the records of the given keys from the idem database in DIR,
 so that the next Do for each runs fn again. It is how an interrupted key
 (see 'idem interrupted') is released once its outcome has been reconciled.
@@ -29,21 +29,21 @@ is not interrupted (forgetting a completed or failed key lets its operation
 run a second time: pass --any-state to do that on purpose). It then lists the
 keys and asks for confirmation on the terminal; without a terminal on
 standard input it refuses (status 2) unless --yes is given. The database must
-not be open in another process.`,
+not be open in another process, unless --url names the admin handler of the
+running service that has it open: the service then forgets each key, and
+checks again, as it does so, that the key is still interrupted.`,
 		`idem forget /var/lib/payments/idem pay-000042 pay-000043
-idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget /var/lib/payments/idem --yes`,
+idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget /var/lib/payments/idem --yes
+idem forget --url http://127.0.0.1:9090/idem pay-000042`,
 		stdin, stdout, stderr)
 	var yes, anyState bool
 	c.flags.BoolVar(&yes, "yes", false, "forget without asking for confirmation")
 	c.flags.BoolVar(&anyState, "any-state", false, "also forget keys that are not interrupted (completed, failed)")
-	pos, code, ok := c.parse(args)
+	t, keys, code, ok := c.parseTarget(args, -1, "the database's directory and at least one key", "at least one key with --url")
 	if !ok {
 		return code
 	}
-	if len(pos) < 2 {
-		return c.usageError("want the database's directory and at least one key; got %d %s", len(pos), plural(len(pos), "argument", "arguments"))
-	}
-	dir, keys := pos[0], dedupe(pos[1:])
+	keys = dedupe(keys)
 	for _, k := range keys {
 		if k == "" {
 			return c.usageError("a key is empty")
@@ -52,12 +52,12 @@ idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget 
 
 	// Check every key on a read-only engine, so that nothing is locked
 	// while the operator answers.
-	e, err := openReadOnly(dir, nil)
+	db, err := openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
-	recs, code := c.checkForget(e, keys, anyState)
-	if code = c.closeEngine(e, code); code != exitOK {
+	recs, code := c.checkForget(db, keys, anyState)
+	if code = c.closeDB(db, code); code != exitOK {
 		return code
 	}
 
@@ -67,11 +67,11 @@ idem interrupted /var/lib/payments/idem --json | jq -r .key | xargs idem forget 
 		}
 	}
 
-	e, err = openWritable(dir, nil)
+	db, err = openDB(ctx, t, true)
 	if err != nil {
 		return c.fail(err)
 	}
-	return c.closeEngine(e, c.forget(e, keys, anyState))
+	return c.closeDB(db, c.forget(db, keys, anyState))
 }
 
 // dedupe returns keys without repeats, in their first order.
@@ -89,13 +89,13 @@ func dedupe(keys []string) []string {
 
 // checkForget looks keys up and returns their records, or a failure naming
 // the keys that have no record or are not interrupted (unless anyState).
-func (c *cli) checkForget(e *idem.Engine, keys []string, anyState bool) ([]idem.Record, int) {
+func (c *cli) checkForget(db database, keys []string, anyState bool) ([]idem.Record, int) {
 	var (
 		recs             []idem.Record
 		missing, refused []string
 	)
 	for _, k := range keys {
-		r, err := e.Lookup(k)
+		r, err := db.lookup(k)
 		switch {
 		case errors.Is(err, idem.ErrNotFound):
 			missing = append(missing, displayKey(k))
@@ -149,11 +149,11 @@ func (c *cli) confirmForget(recs []idem.Record) (code int, ok bool) {
 	return c.failf("not confirmed; nothing forgotten"), false
 }
 
-// forget forgets keys on a writable engine, checking each again: another
+// forget forgets keys on a writable database, checking each again: another
 // process may have changed it between the check and now.
-func (c *cli) forget(e *idem.Engine, keys []string, anyState bool) int {
+func (c *cli) forget(db database, keys []string, anyState bool) int {
 	for _, k := range keys {
-		r, err := e.Lookup(k)
+		r, err := db.lookup(k)
 		switch {
 		case errors.Is(err, idem.ErrNotFound):
 			fmt.Fprintf(c.stdout, "%s: no record any more\n", displayKey(k))
@@ -165,7 +165,7 @@ func (c *cli) forget(e *idem.Engine, keys []string, anyState bool) int {
 		case r.State != idem.StateInterrupted && !anyState:
 			return c.failf("%s is now %s; not forgotten", displayKey(k), r.State)
 		}
-		if err := e.Forget(k); err != nil {
+		if err := db.forget(k, anyState); err != nil {
 			return c.failf("forgetting %s: %w", displayKey(k), err)
 		}
 		state := stateCorrupt
