@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -459,35 +458,4 @@ func TestAdminForget(t *testing.T) {
 	requireProblem(t, resp, http.StatusServiceUnavailable, idemhttp.ProblemUnavailable)
 	require.Equal(t, "5", resp.Header.Get("Retry-After"))
 	requireProblem(t, adminDo(h, "GET", "/interrupted"), http.StatusServiceUnavailable, idemhttp.ProblemUnavailable)
-}
-
-// recorder is an Observer that counts the calls of each method.
-type recorder struct {
-	mu    sync.Mutex
-	calls map[string]int
-	ctxOK atomic.Bool
-}
-
-type ctxKey struct{}
-
-func (o *recorder) add(m string) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.calls[m]++
-}
-
-func (o *recorder) DoStart(ctx context.Context, _ string) context.Context {
-	o.add("DoStart")
-	return context.WithValue(ctx, ctxKey{}, "mine")
-}
-
-func (o *recorder) StoreDone(context.Context, idem.StoreOp, time.Duration, error) { o.add("StoreDone") }
-
-func (o *recorder) FnStart(ctx context.Context) context.Context { o.add("FnStart"); return ctx }
-
-func (o *recorder) FnEnd(context.Context, time.Duration, error) { o.add("FnEnd") }
-
-func (o *recorder) DoEnd(ctx context.Context, _ idem.DoInfo) {
-	o.add("DoEnd")
-	o.ctxOK.Store(ctx.Value(ctxKey{}) == "mine")
 }
