@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -75,7 +75,7 @@ func (r *demoReport) ok() bool {
 }
 
 // demoCommand is the demo subcommand.
-func demoCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) int {
+func demoCommand(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer, _ *Extension) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -26,14 +26,16 @@ import (
 // interrupted: the directory is not open in another process (it would be
 // locked), so no fn is running for it. With --url, each reads the database
 // of a running service through its admin handler instead, and writes the
-// same output (see database.go).
+// same output (see database.go); with the flag of an Extension (--nats),
+// through an engine that the extension opens beside the services' engines
+// (see extension.go).
 
 // stateCorrupt is the state ls and stats show for a record that cannot be
 // decoded (an error matching idem.ErrCorrupt).
 const stateCorrupt = "corrupt"
 
 // statsCommand is the stats subcommand.
-func statsCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func statsCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, ext *Extension) int {
 	c := newCLI("stats", "stats DIR | stats --url URL",
 		`Stats reads the idem database in DIR, read-only, and reports its live
 records by state, the stored size of their keys and values, the oldest and
@@ -48,9 +50,13 @@ opened the database. Counting the records reads every one of them, as on a
 directory: on a large database, that is a full scan of the service's store.`,
 		`idem stats /var/lib/payments/idem
 idem stats --url http://127.0.0.1:9090/idem`, stdin, stdout, stderr)
+	c.ext = ext
 	t, _, code, ok := c.parseTarget(args, 0, "one argument, the database's directory", "no argument with --url")
 	if !ok {
 		return code
+	}
+	if t.ext != nil {
+		return c.sourceStats(ctx, t)
 	}
 	if t.url != "" {
 		r, err := newRemote(ctx, t.url, nil)
@@ -134,24 +140,53 @@ func (c *cli) stats(e *idem.Engine, dir string, now time.Time) int {
 	return c.writeStats(statsView{target: target{dir: dir}, rs: rs, diskUsage: st.DiskUsage, readAmp: st.ReadAmplification, compactions: st.Compactions, files: dirFiles(dir)}, now)
 }
 
-// statsView is what stats shows: the figures of a directory, or those of a
+// sourceStats writes the figures of t's database, which an extension
+// opens: those of its records, as the engine shows them (without the
+// expired ones), and the extension's.
+func (c *cli) sourceStats(ctx context.Context, t target) int {
+	src, err := c.openSource(ctx, t, false)
+	if err != nil {
+		return c.fail(err)
+	}
+	db := shared{src}
+	now := time.Now()
+	rs, err := gatherStats(src.Engine.Records(""), now)
+	if err != nil {
+		return c.closeDB(db, c.fail(err))
+	}
+	var figures []Figure
+	if src.Figures != nil {
+		if figures, err = src.Figures(); err != nil {
+			return c.closeDB(db, c.fail(err))
+		}
+	}
+	return c.closeDB(db, c.writeStats(statsView{target: t, rs: rs, name: src.Name, figures: figures}, now))
+}
+
+// statsView is what stats shows: the figures of a directory, those of a
 // service (which has no expired records to count, no files to show, and
-// counters of calls).
+// counters of calls), or those of an extension's database (its own figures
+// after the records').
 type statsView struct {
 	target
 	rs                              recordStats
 	diskUsage, readAmp, compactions uint64
 	files                           []fileGroup          // a directory's
 	service                         *idemhttp.AdminStats // a service's; nil for a directory
+	name                            string               // an extension's database's (Source.Name)
+	figures                         []Figure             // an extension's database's (Source.Figures)
 }
 
 // writeStats writes v as stats shows it, at now.
 func (c *cli) writeStats(v statsView, now time.Time) int {
 	rs := v.rs
 	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
-	if v.service != nil {
+	switch {
+	case v.service != nil:
 		fmt.Fprintf(tw, "service\t%s\n", v.url)
-	} else {
+	case v.ext != nil:
+		fmt.Fprintf(tw, "database\t%s\n", v.name)
+	default:
 		fmt.Fprintf(tw, "database\t%s\n", v.dir)
 	}
 	fmt.Fprintf(tw, "records\t%d\n", rs.total)
@@ -168,6 +203,16 @@ func (c *cli) writeStats(v statsView, now time.Time) int {
 	} else {
 		fmt.Fprint(tw, "oldest expiry\t-\n")
 		fmt.Fprint(tw, "newest expiry\t-\n")
+	}
+	if v.ext != nil {
+		for _, f := range v.figures {
+			if f.Note == "" {
+				fmt.Fprintf(tw, "%s\t%s\n", f.Name, f.Value)
+			} else {
+				fmt.Fprintf(tw, "%s\t%s\t(%s)\n", f.Name, f.Value, f.Note)
+			}
+		}
+		return c.endStats(tw, v)
 	}
 	switch {
 	case v.service != nil:
@@ -212,8 +257,14 @@ func (c *cli) writeStats(v statsView, now time.Time) int {
 	} else {
 		fmt.Fprintf(tw, "compactions\t%d\t(during this command; Pebble keeps no count across opens)\n", v.compactions)
 	}
+	return c.endStats(tw, v)
+}
+
+// endStats flushes the table of stats, and points at the interrupted keys
+// if there are some.
+func (c *cli) endStats(tw *tabwriter.Writer, v statsView) int {
 	tw.Flush()
-	if n := rs.byState["interrupted"]; n > 0 {
+	if n := v.rs.byState["interrupted"]; n > 0 {
 		fmt.Fprintf(c.stderr, "idem stats: %d interrupted %s: see 'idem interrupted %s'\n", n, plural(n, "key", "keys"), v.target)
 	}
 	return exitOK
@@ -307,7 +358,7 @@ func parseState(s string, remote bool) (string, bool) {
 }
 
 // lsCommand is the ls subcommand.
-func lsCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func lsCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, ext *Extension) int {
 	c := newCLI("ls", "ls DIR|--url URL [--state S] [--prefix P] [--limit N] [--json]",
 		`Ls lists the live records of the idem database in DIR, read-only, in key
 order: key, state, when it was stored, when it expires, and the size of its
@@ -325,7 +376,12 @@ idem ls --url http://127.0.0.1:9090/idem --state in-flight`,
 		limit         int
 		asJSON        bool
 	)
-	c.flags.StringVar(&state, "state", "", "only records in state `S`: completed, failed, interrupted or corrupt (and in-flight with --url)")
+	c.ext = ext
+	remoteFlags := "--url"
+	if ext != nil {
+		remoteFlags += " or --" + ext.Flag
+	}
+	c.flags.StringVar(&state, "state", "", "only records in state `S`: completed, failed, interrupted or corrupt (and in-flight with "+remoteFlags+")")
 	c.flags.StringVar(&prefix, "prefix", "", "only keys that start with `P`")
 	c.flags.IntVar(&limit, "limit", 0, "at most `N` records (0: all)")
 	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
@@ -336,13 +392,13 @@ idem ls --url http://127.0.0.1:9090/idem --state in-flight`,
 	if limit < 0 {
 		return c.usageError("--limit must be 0 or more, not %d", limit)
 	}
-	if _, ok := parseState(state, t.url != ""); !ok {
-		if t.url != "" {
+	if _, ok := parseState(state, t.remote()); !ok {
+		if t.remote() {
 			return c.usageError("--state must be completed, failed, in-flight, interrupted or corrupt, not %q", state)
 		}
 		return c.usageError("--state must be completed, failed, interrupted or corrupt, not %q", state)
 	}
-	db, err := openDB(ctx, t, false)
+	db, err := c.openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -365,7 +421,7 @@ idem ls --url http://127.0.0.1:9090/idem --state in-flight`,
 }
 
 // interruptedCommand is the interrupted subcommand.
-func interruptedCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func interruptedCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, ext *Extension) int {
 	c := newCLI("interrupted", "interrupted DIR|--url URL [--json]",
 		`Interrupted lists, read-only, the keys of the idem database in DIR whose fn
 was running when a process stopped (crashed, or was killed): their outcome is
@@ -381,11 +437,12 @@ through its admin handler: the service need not be stopped, and 'idem forget
 idem interrupted --url http://127.0.0.1:9090/idem --json`, stdin, stdout, stderr)
 	var asJSON bool
 	c.flags.BoolVar(&asJSON, "json", false, "write one JSON object per line instead of a table")
+	c.ext = ext
 	t, _, code, ok := c.parseTarget(args, 0, "one argument, the database's directory", "no argument with --url")
 	if !ok {
 		return code
 	}
-	db, err := openDB(ctx, t, false)
+	db, err := c.openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -504,7 +561,7 @@ func textOrBase64(b []byte) (text, b64 *string) {
 }
 
 // getCommand is the get subcommand.
-func getCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func getCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, ext *Extension) int {
 	c := newCLI("get", "get DIR|--url URL KEY [--http] [--scope S] [--raw | --json]",
 		`Get shows one record of the idem database in DIR, read-only, in full: its
 state, when it was stored and expires, and its value, as text when it is
@@ -533,6 +590,7 @@ idem get --url http://127.0.0.1:9090/idem pay-000042`,
 	c.flags.BoolVar(&asJSON, "json", false, "write the record as a JSON object")
 	c.flags.BoolVar(&httpKey, "http", false, "KEY is a client's Idempotency-Key: show the idemhttp middleware's record of it")
 	c.flags.StringVar(&scope, "scope", "", "with --http (which it implies), the middleware's scope `S` of the client (Options.Scope)")
+	c.ext = ext
 	t, rest, code, ok := c.parseTarget(args, 1, "two arguments, the database's directory and a key", "one argument with --url, a key")
 	if !ok {
 		return code
@@ -548,7 +606,7 @@ idem get --url http://127.0.0.1:9090/idem pay-000042`,
 	if httpKey {
 		key = idemhttp.EngineKey(scope, key)
 	}
-	db, err := openDB(ctx, t, false)
+	db, err := c.openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}

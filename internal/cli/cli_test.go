@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -27,8 +27,9 @@ import (
 	"github.com/idemkv/idem/internal/testproc"
 )
 
-// The tests in this file run the idem binary as a real process, built once
-// per test run by TestMain, against databases made by the tests.
+// The tests in this file run the idem binary (cmd/idem, which calls Main) as
+// a real process, built once per test run by binary, against databases
+// made by the tests.
 
 // binDir holds the idem binary; TestMain removes it.
 var binDir string
@@ -51,6 +52,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// idemPackage is the idem command's package, which binary builds.
+const idemPackage = "github.com/idemkv/idem/cmd/idem"
+
 // binary returns the path of the idem binary, building it the first time:
 // with -race when the tests run with it, so that the build reuses the
 // compiled packages of the test, and the tool's own goroutines are checked.
@@ -66,7 +70,7 @@ func binary(t testing.TB) string {
 		if raceEnabled {
 			args = append(args, "-race")
 		}
-		out, err := testproc.Command(t, gobin, append(args, ".")...).CombinedOutput()
+		out, err := testproc.Command(t, gobin, append(args, idemPackage)...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

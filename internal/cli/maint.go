@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -16,9 +16,12 @@ import (
 // The commands that write: forget and sweep. Each first opens the database
 // read-only (openWritable), so that a directory without an idem database is
 // refused unchanged, then opens it for writing, which advances its epoch.
+// forget also works through a running service (--url) or an Extension's
+// engine (--nats), on a database that others change meanwhile: it checks
+// each key again as it forgets it (see remote.forget and shared.forget).
 
 // forgetCommand is the forget subcommand.
-func forgetCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func forgetCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, ext *Extension) int {
 	c := newCLI("forget", "forget DIR|--url URL KEY... [--yes] [--any-state]",
 		`Forget deletes the records of the given keys from the idem database in DIR,
 so that the next Do for each runs fn again. It is how an interrupted key
@@ -39,6 +42,7 @@ idem forget --url http://127.0.0.1:9090/idem pay-000042`,
 	var yes, anyState bool
 	c.flags.BoolVar(&yes, "yes", false, "forget without asking for confirmation")
 	c.flags.BoolVar(&anyState, "any-state", false, "also forget keys that are not interrupted (completed, failed)")
+	c.ext = ext
 	t, keys, code, ok := c.parseTarget(args, -1, "the database's directory and at least one key", "at least one key with --url")
 	if !ok {
 		return code
@@ -52,7 +56,7 @@ idem forget --url http://127.0.0.1:9090/idem pay-000042`,
 
 	// Check every key on a read-only engine, so that nothing is locked
 	// while the operator answers.
-	db, err := openDB(ctx, t, false)
+	db, err := c.openDB(ctx, t, false)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -67,7 +71,7 @@ idem forget --url http://127.0.0.1:9090/idem pay-000042`,
 		}
 	}
 
-	db, err = openDB(ctx, t, true)
+	db, err = c.openDB(ctx, t, true)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -178,7 +182,7 @@ func (c *cli) forget(db database, keys []string, anyState bool) int {
 }
 
 // sweepCommand is the sweep subcommand.
-func sweepCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func sweepCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, _ *Extension) int {
 	c := newCLI("sweep", "sweep DIR",
 		`Sweep removes now the records of the idem database in DIR that have expired,
 as the engine's background sweeper does, then compacts the database so that

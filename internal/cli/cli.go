@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -26,6 +26,7 @@ type cli struct {
 	stdout io.Writer
 	stderr io.Writer
 	flags  *flag.FlagSet
+	ext    *Extension // set by the commands that take an extension: parseTarget adds its flags, Usage its help
 }
 
 // newCLI returns the cli of subcommand name. Its help text is synopsis (the
@@ -36,7 +37,12 @@ func newCLI(name, synopsis, about, example string, stdin io.Reader, stdout, stde
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: idem %s\n\n%s\n\nExample:\n\n%s\n", synopsis, strings.TrimSpace(about), indent(example))
+		synopsis, about := synopsis, strings.TrimSpace(about)
+		if c.ext != nil {
+			synopsis = strings.Replace(synopsis, "--url URL", "--url URL|"+c.ext.Synopsis, 1)
+			about += "\n\n" + strings.TrimSpace(c.ext.About)
+		}
+		fmt.Fprintf(stderr, "Usage: idem %s\n\n%s\n\nExample:\n\n%s\n", synopsis, about, indent(example))
 		n := 0
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -41,7 +41,7 @@ const (
 var pathNames = [numPaths]string{"new key", "replay", "duplicate"}
 
 // benchCommand is the bench subcommand.
-func benchCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func benchCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, _ *Extension) int {
 	c := newCLI("bench", "bench [--dir DIR] [--duration D] [--concurrency C] [--durability MODE] [--dup-ratio R] [--value-size N]",
 		`Bench runs a load on an idem engine on this machine's disk for a while and
 reports its throughput, the latency of each path of Do, the fsyncs and the

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -61,7 +61,7 @@ func TestDemo(t *testing.T) {
 func TestDemoCommand(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "engine")
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"demo", "-payments", "60", "-workers", "4", "-durability", "none", "-seed", "9", "-dir", dir}, strings.NewReader(""), &stdout, &stderr)
+	code := Main(context.Background(), []string{"demo", "-payments", "60", "-workers", "4", "-durability", "none", "-seed", "9", "-dir", dir}, strings.NewReader(""), &stdout, &stderr, nil)
 	if code != exitOK {
 		t.Fatalf("exit status %d, want 0; stderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
 	}
@@ -77,7 +77,7 @@ func TestDemoCommand(t *testing.T) {
 
 	stdout.Reset()
 	stderr.Reset()
-	if code := run(context.Background(), []string{"demo", "-payments", "10", "-dir", dir}, strings.NewReader(""), &stdout, &stderr); code != exitFailure {
+	if code := Main(context.Background(), []string{"demo", "-payments", "10", "-dir", dir}, strings.NewReader(""), &stdout, &stderr, nil); code != exitFailure {
 		t.Errorf("demo on a used directory: exit status %d, want %d", code, exitFailure)
 	}
 	if !strings.Contains(stderr.String(), "not empty") {
@@ -122,7 +122,7 @@ func TestRun(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := run(context.Background(), tt.args, strings.NewReader(""), &stdout, &stderr)
+			code := Main(context.Background(), tt.args, strings.NewReader(""), &stdout, &stderr, nil)
 			if code != tt.code {
 				t.Errorf("exit status %d, want %d", code, tt.code)
 			}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 )
 
 // topCommand is the top subcommand.
-func topCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func topCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, _ *Extension) int {
 	c := newCLI("top", "top --url URL [--interval D] [--count N] | top [--dir DIR] [--concurrency C] [--durability MODE] [--dup-ratio R] [--value-size N] [--interval D] [--count N]",
 		`Top shows, refreshed every interval, the rates per second of an engine's
 calls, executions (fn ran), replays, conflicts (ErrInFlight), waits,

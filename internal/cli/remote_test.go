@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -189,7 +189,7 @@ func TestURLSameOutput(t *testing.T) {
 // runHere runs the command line args in this process.
 func runHere(args ...string) result {
 	var stdout, stderr strings.Builder
-	code := run(context.Background(), args, strings.NewReader(""), &stdout, &stderr)
+	code := Main(context.Background(), args, strings.NewReader(""), &stdout, &stderr, nil)
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
 

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -43,7 +43,7 @@ func TestDemoDirectory(t *testing.T) {
 // but a paragraph's last is much shorter than the others.
 func TestDemoHelp(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run(context.Background(), []string{"demo", "-h"}, strings.NewReader(""), &stdout, &stderr); code != exitOK {
+	if code := Main(context.Background(), []string{"demo", "-h"}, strings.NewReader(""), &stdout, &stderr, nil); code != exitOK {
 		t.Fatalf("demo -h: exit status %d", code)
 	}
 	text, _, _ := strings.Cut(stderr.String(), "\nFlags:\n")
@@ -60,7 +60,7 @@ func TestDemoHelp(t *testing.T) {
 // -cluster 1 is the single-node demo, and that demo -h tells of both.
 func TestDemoCluster(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := run(context.Background(), []string{"demo", "-h"}, strings.NewReader(""), &stdout, &stderr); code != exitOK {
+	if code := Main(context.Background(), []string{"demo", "-h"}, strings.NewReader(""), &stdout, &stderr, nil); code != exitOK {
 		t.Fatalf("demo -h: exit status %d", code)
 	}
 	for _, want := range []string{"\n\tcd idemnats && go run ./cmd/demo -cluster 3\n", "\n  -cluster int\n"} {
@@ -71,7 +71,7 @@ func TestDemoCluster(t *testing.T) {
 
 	stdout.Reset()
 	stderr.Reset()
-	code := run(context.Background(), []string{"demo", "-cluster", "5", "-payments", "10"}, strings.NewReader(""), &stdout, &stderr)
+	code := Main(context.Background(), []string{"demo", "-cluster", "5", "-payments", "10"}, strings.NewReader(""), &stdout, &stderr, nil)
 	if code != exitUsage {
 		t.Errorf("demo -cluster 5: exit status %d, want %d", code, exitUsage)
 	}
@@ -86,7 +86,7 @@ func TestDemoCluster(t *testing.T) {
 
 	stdout.Reset()
 	stderr.Reset()
-	code = run(context.Background(), []string{"demo", "-cluster", "1", "-payments", "10", "-workers", "2"}, strings.NewReader(""), &stdout, &stderr)
+	code = Main(context.Background(), []string{"demo", "-cluster", "1", "-payments", "10", "-workers", "2"}, strings.NewReader(""), &stdout, &stderr, nil)
 	if code != exitOK {
 		t.Fatalf("demo -cluster 1: exit status %d, want 0; stderr:\n%s", code, stderr.String())
 	}
