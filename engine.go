@@ -379,6 +379,7 @@ type leadState struct {
 	finished bool     // the key has been released
 	marked   bool     // the in-flight marker is stored
 	fnDone   bool     // fn has returned normally
+	stored   bool     // fn's outcome is stored
 	claimed  int64    // when the key was claimed
 	rev      uint64   // the store's revision of the marker, if marked
 	obs      *callObs // the call's Observer record, or nil
@@ -407,13 +408,21 @@ func (e *Engine) lead(ctx context.Context, key string, c *call, now int64, fn fu
 		if r != nil {
 			err = &panicError{value: r}
 		}
-		st.obs.fnPanicked() // if fn is what panicked
-		if st.fnDone {
-			e.orphan(&st, key, c)
-		} else if st.marked {
-			e.releaseQuietly(&st, key)
-		}
-		e.finish(&st, key, c, outcome{share: true, err: err}, nil)
+		func() {
+			// The key is released even if the Observer's FnEnd panics.
+			defer func() {
+				switch {
+				case st.stored:
+					// fn's outcome is stored: nothing to undo.
+				case st.fnDone:
+					e.orphan(&st, key, c)
+				case st.marked:
+					e.releaseQuietly(&st, key)
+				}
+				e.finish(&st, key, c, outcome{share: true, err: err}, nil)
+			}()
+			st.obs.fnPanicked() // if fn is what panicked
+		}()
 		if r != nil {
 			panic(r)
 		}
@@ -552,6 +561,11 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 			}
 			learn = false
 		}
+		if err == nil {
+			// Before the Observer hears of it: lead's guard releases
+			// the marker if anything panics from here on.
+			st.marked, st.rev = true, rev
+		}
 		st.obs.storeDone(StoreClaim, t0, err)
 		if errors.Is(err, ErrStoreConflict) && e.shared {
 			// Another engine wrote the key since it was read (or it has
@@ -569,7 +583,6 @@ func (e *Engine) leadOwned(ctx context.Context, key string, c *call, now int64, 
 		if err != nil {
 			return e.finish(st, key, c, outcome{share: true, err: fmt.Errorf("idem: storing the in-flight marker: %w", err)}, nil)
 		}
-		st.marked, st.rev = true, rev
 		if replacesOrphan || e.shared {
 			// Its marker is this call's now. (In a shared store an
 			// orphan's marker has owner 0, see orphan.)
@@ -699,6 +712,9 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 		tooLarge = fmt.Errorf("%w: value of %d bytes is above MaxValueSize %d", ErrTooLarge, len(v), e.opts.MaxValueSize)
 	}
 	if tooLarge != nil {
+		if st.obs != nil {
+			st.obs.failed = true
+		}
 		if st.marked {
 			e.releaseQuietly(st, key)
 		}
@@ -721,6 +737,7 @@ func (e *Engine) complete(st *leadState, key string, c *call, v []byte, fnErr er
 	} else {
 		_, err = e.store.Create(context.Background(), key, rec, WriteResult)
 	}
+	st.stored = err == nil
 	st.obs.storeDone(StoreComplete, t0, err)
 	if err != nil {
 		// The marker stays: fn ran, but its outcome is not stored, so the
@@ -794,15 +811,14 @@ func (e *Engine) orphan(st *leadState, key string, c *call) {
 // commit does not come back here: store.commit stops the process.)
 func (e *Engine) releaseQuietly(st *leadState, key string) {
 	var err error
+	t0 := st.obs.begin()
 	func() {
 		defer func() {
 			if r := recover(); r != nil {
 				err = fmt.Errorf("panic: %v", r)
 			}
 		}()
-		t0 := st.obs.begin()
 		err = e.store.Delete(context.Background(), key, st.rev, WriteRelease)
-		st.obs.storeDone(StoreRelease, t0, err)
 		if errors.Is(err, ErrStoreConflict) {
 			err = nil // the claim is gone already: nothing to release
 		}
@@ -811,6 +827,8 @@ func (e *Engine) releaseQuietly(st *leadState, key string) {
 		e.orphans.Store(key, struct{}{})
 		e.logger.Error("idem: releasing a key failed; it will report ErrInterrupted", "error", err)
 	}
+	// Outside the recover: an Observer's panic reaches Do's caller.
+	st.obs.storeDone(StoreRelease, t0, err)
 }
 
 // finish releases c's key, caching rec (the key's stored record, if it is
@@ -877,6 +895,17 @@ func (e *Engine) follow(ctx context.Context, f follower, fp Fingerprint, co *cal
 	}
 	if co != nil {
 		co.shared = true
+	}
+	if out.err != nil {
+		// The leader's answer, which this call returns too.
+		switch {
+		case errors.Is(out.err, ErrFingerprintMismatch):
+			e.stats.mismatches.Add(1)
+		case errors.Is(out.err, ErrInterrupted):
+			e.stats.interrupted.Add(1)
+		case errors.Is(out.err, ErrInFlight):
+			e.stats.conflicts.Add(1)
+		}
 	}
 	res = out.res
 	res.Value = cloneBytes(res.Value)
@@ -1025,14 +1054,15 @@ func (e *Engine) forget(key string, onlyInterrupted bool) error {
 				return nil
 			}
 		}
+		live := false
 		if rec.State == StateInFlight && !rec.Expired(e.now()) {
-			if live, err := e.claimAlive(ctx, &rec); err != nil {
+			if live, err = e.claimAlive(ctx, &rec); err != nil {
 				return err
 			} else if live {
 				return ErrInFlight // another engine runs fn
 			}
 		}
-		if onlyInterrupted && !e.interrupted(key, &rec, nil) {
+		if onlyInterrupted && !e.interrupted(key, &rec, map[uint64]bool{rec.Owner: live}) {
 			return fmt.Errorf("%w: the record is %s", ErrNotInterrupted, rec.State)
 		}
 		err = e.store.Delete(ctx, key, rev, WriteForget)

@@ -16,8 +16,11 @@ import (
 // of the call's requests to the store; FnStart and FnEnd around fn, if the
 // call runs it; DoEnd last. They must be safe for concurrent use, and quick:
 // they add to the time of every call. A panic in one reaches Do's caller, as
-// a panic in fn would; after fn has returned it leaves the key reporting
-// ErrInterrupted, since fn's effects happened.
+// a panic in fn would, and releases the key; after fn has returned and
+// before its outcome is stored, it leaves the key reporting ErrInterrupted,
+// since fn's effects happened. An Observer whose DoStart (or FnStart)
+// panics gets no DoEnd (or FnEnd) for that call; with Observers, neither
+// do the Observers before it in the list.
 //
 // Options.Observer is nil by default, and then Do calls nothing and reads
 // no clock for it.
@@ -93,7 +96,8 @@ const (
 	OutcomeReplayed
 	// OutcomeWaited: the call waited for a concurrent call of the key in
 	// this engine and shared its outcome, stored (Result.Replayed) or not
-	// (fn's error, which released the key).
+	// (fn's error, which released the key). A shared mismatch, interrupted
+	// key or conflict is counted as such.
 	OutcomeWaited
 	// OutcomeConflict: the call returned ErrInFlight: the key was in
 	// flight and the call did not wait (Options.NoWait), or its context
@@ -104,7 +108,9 @@ const (
 	// OutcomeInterrupted: the call returned ErrInterrupted.
 	OutcomeInterrupted
 	// OutcomeFailed: the call ran fn, which returned an error that is not
-	// Permanent, or panicked: nothing is stored, and the key is free again.
+	// Permanent, or a value (or Permanent error) over MaxValueSize
+	// (ErrTooLarge), or panicked: nothing is stored, and the key is free
+	// again.
 	OutcomeFailed
 	// OutcomeError: the call failed without an outcome of fn's: the store
 	// failed, the call's context ended before fn ran, or fn's outcome
@@ -243,16 +249,16 @@ func (co *callObs) outcome(res Result, err error) Outcome {
 		return OutcomeExecuted
 	case co.ran && co.failed:
 		return OutcomeFailed
-	case co.shared:
-		return OutcomeWaited
-	case res.Replayed:
-		return OutcomeReplayed
 	case errors.Is(err, ErrFingerprintMismatch):
 		return OutcomeMismatch
 	case errors.Is(err, ErrInterrupted):
 		return OutcomeInterrupted
 	case errors.Is(err, ErrInFlight):
 		return OutcomeConflict
+	case co.shared:
+		return OutcomeWaited
+	case res.Replayed:
+		return OutcomeReplayed
 	}
 	return OutcomeError
 }

@@ -444,3 +444,108 @@ func TestObserversTellsEach(t *testing.T) {
 	b.check(t, e)
 	require.Equal(t, uint64(1), b.outcomes[idem.OutcomeExecuted].Load())
 }
+
+// panicAt is an Observer that panics once, in one method: FnEnd, or
+// StoreDone for one StoreOp.
+type panicAt struct {
+	fnEnd bool
+	op    idem.StoreOp
+	store bool
+	armed atomic.Bool
+}
+
+func (p *panicAt) fire() {
+	if p.armed.CompareAndSwap(true, false) {
+		panic("observer")
+	}
+}
+
+func (p *panicAt) DoStart(ctx context.Context, key string) context.Context { return ctx }
+func (p *panicAt) StoreDone(_ context.Context, op idem.StoreOp, _ time.Duration, _ error) {
+	if p.store && op == p.op {
+		p.fire()
+	}
+}
+func (p *panicAt) FnStart(ctx context.Context) context.Context { return ctx }
+func (p *panicAt) FnEnd(context.Context, time.Duration, error) {
+	if p.fnEnd {
+		p.fire()
+	}
+}
+func (p *panicAt) DoEnd(context.Context, idem.DoInfo) {}
+
+// An Observer that panics must not leave its key held, nor report it
+// interrupted when fn's outcome is known: after each such panic, the next
+// call (with a deadline, so that a held key fails rather than hangs) gets
+// what the key's state calls for.
+func TestObserverPanicsLeaveTheKeyInAKnownState(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		obs      *panicAt
+		fn       func(context.Context) ([]byte, error)
+		runs     int32 // runs of fn in all, after the second call
+		replayed bool  // the second call replays
+	}{
+		// fn panics and so does FnEnd: the key is released.
+		{name: "FnEnd during fn's panic", obs: &panicAt{fnEnd: true},
+			fn: func(context.Context) ([]byte, error) { panic("fn") }, runs: 2},
+		// The claim is stored, then StoreDone panics: fn never ran, the
+		// key is released.
+		{name: "StoreDone after the claim", obs: &panicAt{store: true, op: idem.StoreClaim}, runs: 1},
+		// The result is stored, then StoreDone panics: the key replays.
+		{name: "StoreDone after the result", obs: &panicAt{store: true, op: idem.StoreComplete}, runs: 1, replayed: true},
+		// fn failed, its marker is deleted, then StoreDone panics: the
+		// key is released.
+		{name: "StoreDone after the release", obs: &panicAt{store: true, op: idem.StoreRelease},
+			fn: func(context.Context) ([]byte, error) { return nil, errors.New("no") }, runs: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.obs.armed.Store(true)
+			e := open(t, nil, "db", &idem.Options{Observer: tc.obs})
+			var runs atomic.Int32
+			fn := tc.fn
+			if fn == nil {
+				fn = func(context.Context) ([]byte, error) { return []byte("v"), nil }
+			}
+			func() {
+				defer func() { require.NotNil(t, recover()) }()
+				e.Do(context.Background(), "k", nil, func(ctx context.Context) ([]byte, error) {
+					runs.Add(1)
+					return fn(ctx)
+				})
+			}()
+			require.False(t, tc.obs.armed.Load(), "the Observer did not panic")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			res, err := e.Do(ctx, "k", nil, func(ctx context.Context) ([]byte, error) {
+				runs.Add(1)
+				return []byte("v"), nil
+			})
+			require.NoError(t, err, "the key is held, or reported interrupted")
+			require.Equal(t, tc.replayed, res.Replayed)
+			require.Equal(t, tc.runs, runs.Load())
+		})
+	}
+}
+
+// RecordsAfter yields only keys under its prefix, whatever the key after
+// which it starts.
+func TestRecordsAfterKeepsToItsPrefix(t *testing.T) {
+	e := open(t, nil, "db", nil)
+	for _, k := range []string{"a1", "aa", "b1", "b2", "c1"} {
+		_, err := e.Do(context.Background(), k, nil, func(context.Context) ([]byte, error) { return nil, nil })
+		require.NoError(t, err)
+	}
+	keys := func(prefix, after string) []string {
+		var got []string
+		for r, err := range e.RecordsAfter(prefix, after) {
+			require.NoError(t, err)
+			got = append(got, r.Key)
+		}
+		return got
+	}
+	require.Equal(t, []string{"b1", "b2"}, keys("b", "a"))
+	require.Equal(t, []string{"b2"}, keys("b", "b1"))
+	require.Empty(t, keys("b", "c"))
+	require.Equal(t, []string{"aa", "b1", "b2", "c1"}, keys("", "a1"))
+}

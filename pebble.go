@@ -236,7 +236,12 @@ func (s *pebbleStore) scanRecords(prefix string, after []byte, limit int, fn fun
 // key to continue after, or nil at the end.
 func (s *pebbleStore) scanChunk(lower, upper, after []byte, limit int, fn func(k, v []byte)) ([]byte, error) {
 	if after != nil {
-		lower = successor(after)
+		if next := successor(after); lower == nil || bytes.Compare(next, lower) > 0 {
+			lower = next
+		}
+	}
+	if lower != nil && upper != nil && bytes.Compare(lower, upper) >= 0 {
+		return nil, nil
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
