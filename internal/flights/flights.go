@@ -120,12 +120,22 @@ func (f *Flights) Start(key string, w *Waiter) {
 	}
 }
 
-// Stop records that w's handler, which runs for key, has returned.
+// Stop records that w's handler, which runs for key, has returned. The
+// other calls' waits stop with it: a call that tries again (its handler
+// gave up) and finds another handler running waits for that one anew.
 func (f *Flights) Stop(key string, w *Waiter) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if kf := f.keys[key]; kf.running == w {
-		kf.running = nil
+	kf := f.keys[key]
+	if kf.running != w {
+		return
+	}
+	kf.running = nil
+	for o := range kf.calls {
+		if o.timer != nil {
+			o.timer.Stop()
+			o.timer = nil
+		}
 	}
 }
 
