@@ -6,7 +6,7 @@
 #
 #   ./test.sh                  the README's test command
 #   ./test.sh -race            with the race detector (it needs cgo), as CI
-#   IDEM_TEST_LONG=1 ./test.sh -race -timeout=30m
+#   IDEM_TEST_LONG=1 IDEM_TEST_SERIAL=1 ./test.sh -race -timeout=30m
 #                              the long reliability runs, as CI (RELIABILITY.md)
 #
 # Each module is tested on its own go.mod (GOWORK=off), with its own
@@ -19,7 +19,10 @@
 # to lapse, for fsync), which the others fill. Each one's output is kept in
 # a file and printed whole, in the order the modules are listed, as soon as
 # it and those before it have finished: the root module comes last, since
-# its reliability tests take longest. In each module, its root package,
+# its reliability tests take longest. IDEM_TEST_SERIAL=1 runs them one
+# after another instead, as CI does with the long sizes and -race: side by
+# side, those starve each other of the 2 cores (a NATS cluster's commits
+# took longer than its 20 s timeout). In each module, its root package,
 # which holds the slow tests, is given to go test after the others, since
 # go test prints each package's result in the order it was given the
 # packages.
@@ -55,6 +58,9 @@ for dir in $dirs; do
     fi
     echo "$rc" >"$out/$i.rc.tmp" && mv "$out/$i.rc.tmp" "$out/$i.rc"
   ) >"$out/$i.out" 2>&1 &
+  if [ "${IDEM_TEST_SERIAL:-}" = 1 ]; then
+    wait
+  fi
 done
 
 status=0
