@@ -143,7 +143,8 @@ type Options struct {
 
 	// Observer, if not nil, watches every Do call: its outcome, and how
 	// long fn, the store's requests and waits took (see Observer). If nil
-	// (the default), none: Do pays one comparison for it.
+	// (the default), none: Do pays a few nil checks for it, with no
+	// allocation and no clock read.
 	Observer Observer
 }
 
