@@ -292,8 +292,10 @@ func TestPermanentError(t *testing.T) {
 	}
 }
 
-// A value above MaxValueSize: fn succeeded, the engine refused its value.
-func TestEngineError(t *testing.T) {
+// A value above MaxValueSize: fn succeeded, the engine refused its value,
+// stored nothing and released the key (outcome failed), and the span says
+// why.
+func TestValueTooLarge(t *testing.T) {
 	tr := newTracing(t)
 	e := open(t, &idem.Options{Observer: tr.observer(nil), MaxValueSize: 4})
 	_, err := e.Do(context.Background(), "k", nil, value("too long"))
@@ -305,7 +307,7 @@ func TestEngineError(t *testing.T) {
 	require.Equal(t, codes.Error, do.Status().Code)
 	require.Equal(t, err.Error(), do.Status().Description)
 	a := attrs(do)
-	require.Equal(t, "error", a[idemotel.AttrOutcome].AsString())
+	require.Equal(t, "failed", a[idemotel.AttrOutcome].AsString())
 	require.Equal(t, "idem.ErrTooLarge", a["error.type"].AsString())
 }
 
