@@ -41,6 +41,16 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 trap 'trap "" INT TERM; kill 0 2>/dev/null; exit 130' INT TERM
 
+# report prints the output of module $1 (its number) in directory $2 once
+# it has finished, and notes a failure in status.
+status=0
+report() {
+  while [ ! -f "$out/$1.rc" ]; do sleep 1; done
+  echo "# $2"
+  cat "$out/$1.out"
+  [ "$(cat "$out/$1.rc")" = 0 ] || status=1
+}
+
 i=0
 for dir in $dirs; do
   i=$((i + 1))
@@ -59,18 +69,16 @@ for dir in $dirs; do
     echo "$rc" >"$out/$i.rc.tmp" && mv "$out/$i.rc.tmp" "$out/$i.rc"
   ) >"$out/$i.out" 2>&1 &
   if [ "${IDEM_TEST_SERIAL:-}" = 1 ]; then
-    wait
+    report "$i" "$dir"
   fi
 done
 
-status=0
-i=0
-for dir in $dirs; do
-  i=$((i + 1))
-  while [ ! -f "$out/$i.rc" ]; do sleep 1; done
-  echo "# $dir"
-  cat "$out/$i.out"
-  [ "$(cat "$out/$i.rc")" = 0 ] || status=1
-done
+if [ "${IDEM_TEST_SERIAL:-}" != 1 ]; then
+  i=0
+  for dir in $dirs; do
+    i=$((i + 1))
+    report "$i" "$dir"
+  done
+fi
 wait
 exit "$status"
