@@ -126,6 +126,10 @@ func TestRecordEncodingMatchesMsgpack(t *testing.T) {
 		got := r.encode()
 		require.Equal(t, encodeMsgpack(&r), got, "%+v", r)
 		require.Len(t, got, r.encodedSize())
+		// AppendRecord appends the same bytes.
+		prefix := []byte("prefix")
+		appended := AppendRecord(prefix, &r)
+		require.Equal(t, append([]byte("prefix"), got...), appended)
 		back, err := decodeRecord(got)
 		require.NoError(t, err)
 		require.Equal(t, r, back)

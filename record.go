@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -117,8 +118,10 @@ type StoredRecord struct {
 func (r *StoredRecord) Expired(now int64) bool { return r.Expires <= now }
 
 // AppendRecord appends the engine's msgpack encoding of r to dst and returns
-// the extended slice.
-func AppendRecord(dst []byte, r *StoredRecord) []byte { return r.appendTo(dst) }
+// the extended slice. It grows dst at most once.
+func AppendRecord(dst []byte, r *StoredRecord) []byte {
+	return r.appendTo(slices.Grow(dst, r.encodedSize()))
+}
 
 // DecodeRecord decodes a record that AppendRecord encoded. The value is
 // copied out of b. Bytes that are not such a record are an error matching

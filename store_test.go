@@ -219,3 +219,18 @@ func TestReplayDecidesOnTheConflictsRecord(t *testing.T) {
 	require.ErrorIs(t, err, idem.ErrFingerprintMismatch)
 	require.Zero(t, s.gets.Load(), "the engine read the key again")
 }
+
+// AppendRecord, which shared stores call for every write, grows its dst at
+// most once: a record encoded into a fresh slice is one allocation, into a
+// slice with room none.
+func TestAppendRecordGrowsOnce(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates")
+	}
+	rec := idem.StoredRecord{State: idem.StateCompleted, Owner: 1 << 40, Created: 1, Expires: 1 << 60, Value: make([]byte, 300), Err: ""}
+	want := idem.AppendRecord(nil, &rec)
+	require.Equal(t, append([]byte("prefix"), want...), idem.AppendRecord([]byte("prefix"), &rec))
+	require.Equal(t, 1.0, testing.AllocsPerRun(20, func() { idem.AppendRecord(nil, &rec) }))
+	room := make([]byte, 0, len(want))
+	require.Zero(t, testing.AllocsPerRun(20, func() { idem.AppendRecord(room, &rec) }))
+}
