@@ -10,7 +10,8 @@ package idempg_test
 //	./idempg.test -test.run '^$' -test.benchtime 2s -test.bench 'PG/new/floor/callers=64$'
 //
 // Every benchmark reports ops/s and the median and 99th percentile of its
-// calls' latencies (p50-µs, p99-µs). Nothing starts unless a benchmark of
+// calls' latencies (p50-µs, p99-µs); those of new keys also the share of
+// their UPDATEs that PostgreSQL made heap-only (hot-%). Nothing starts unless a benchmark of
 // this file runs: go test without -bench costs nothing.
 
 import (
@@ -83,14 +84,17 @@ func BenchmarkPG(b *testing.B) {
 	expires := time.Now().Add(idem.DefaultTTL).UnixNano()
 	b.Run("new", func(b *testing.B) {
 		b.Run("idem", func(b *testing.B) {
-			e := open(b, benchTable("new"))
+			table := benchTable("new")
+			e := open(b, table)
 			var next atomic.Int64
 			for _, callers := range pgCallers {
 				b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+					hot := hotUpdates(b, pool, table)
 					runTimed(b, callers, func(ctx context.Context, i int64) error {
 						_, err := e.Do(ctx, pgKey("new", next.Add(1)), nil, pgFn)
 						return err
 					})
+					hot()
 				})
 			}
 		})
@@ -102,6 +106,7 @@ func BenchmarkPG(b *testing.B) {
 			var next atomic.Int64
 			for _, callers := range pgCallers {
 				b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+					hot := hotUpdates(b, pool, table)
 					runTimed(b, callers, func(ctx context.Context, i int64) error {
 						key := []byte(pgKey("raw", next.Add(1)))
 						tag, err := pool.Exec(ctx, insert, key, expires, pgValue)
@@ -117,6 +122,7 @@ func BenchmarkPG(b *testing.B) {
 						}
 						return err
 					})
+					hot()
 				})
 			}
 		})
@@ -152,6 +158,29 @@ func BenchmarkPG(b *testing.B) {
 			}
 		})
 	})
+}
+
+// hotUpdates reads table's counts of updates and of heap-only (HOT) ones
+// from pg_stat_user_tables, and returns a func that reads them again and
+// reports the share of HOT updates between the two reads (hot-%), if any
+// update was counted. The server counts a backend's updates when it
+// flushes its statistics, at most once a second: the last second's may be
+// left out, and an earlier run's counted in.
+func hotUpdates(b *testing.B, pool *pgxpool.Pool, table string) func() {
+	read := func() (upd, hot int64) {
+		err := pool.QueryRow(context.Background(), `SELECT coalesce(sum(n_tup_upd), 0), coalesce(sum(n_tup_hot_upd), 0)
+			FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&upd, &hot)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return upd, hot
+	}
+	upd0, hot0 := read()
+	return func() {
+		if upd, hot := read(); upd > upd0 {
+			b.ReportMetric(100*float64(hot-hot0)/float64(upd-upd0), "hot-%")
+		}
+	}
 }
 
 // benchTable returns a table name for a benchmark's run, fresh in each

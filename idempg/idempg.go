@@ -319,12 +319,16 @@ func Schema(table string) ([]string, error) {
 func createSQL(n names) []string {
 	return []string{
 		// key: the idempotency key, as bytes (a key need not be UTF-8).
-		// rev: the record's revision, from the sequence: unique among
-		// every record the table ever held, so that a compare-and-set on
-		// it cannot match a record that replaced the one read.
-		// wid: the id of the write that stored the row, by which a write
-		// sent again after a lost answer recognises itself.
-		// expires: the record's expiry (Unix ns), for the sweeper.
+		// rev: the record's revision: the id of the write that stored it
+		// (see wid), unique among every record the table ever held, so
+		// that a compare-and-set on it cannot match a record that
+		// replaced the one read. (Engines of earlier versions took it
+		// from the sequence below.)
+		// wid: the id of the write that stored the row, a random number
+		// from 1 to 2^63-1, by which a write sent again after a lost
+		// answer recognises itself.
+		// expires: the record's expiry (Unix ns) rounded up to a whole
+		// second, for the sweeper (see sweepAt).
 		// watched: an engine waits on this revision (see Watch): its
 		// change is NOTIFYed.
 		// record: the record, as idem.AppendRecord encodes it.
@@ -337,6 +341,8 @@ func createSQL(n names) []string {
 			record bytea NOT NULL
 		)`,
 		`CREATE INDEX ` + n.expires + ` ON ` + n.table + ` (expires)`,
+		// The revisions of engines of earlier versions, kept so that
+		// they can share a table with this one (during an upgrade).
 		`CREATE SEQUENCE ` + n.rev + ` AS bigint`,
 		`CREATE TABLE ` + n.engines + ` (
 			owner bigint PRIMARY KEY,

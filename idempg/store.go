@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -30,17 +31,25 @@ import (
 //
 // Writes are conditional on the record's revision: Create is an INSERT …
 // ON CONFLICT DO NOTHING, Update an UPDATE … WHERE rev = $expected,
-// Delete a DELETE … WHERE rev = $expected. Each stores a new revision
-// from the table's sequence, unique among all the records the table ever
-// held, so that a compare-and-set cannot match a record that replaced the
-// one the engine read (as a counter per key could, after a delete), and a
-// write id of its own (wid). A write whose answer was lost (the connection
-// broke, the server restarted) may or may not be committed: the store sends
-// it again, and recognises it by its wid if it was. Sent again, it cannot
-// apply twice: the first, if committed, changed the revision the second
-// expects. (A first sending that is still running on the server when the
-// second is sent is waited for by the second, on the row's lock or on the
-// key's unique index.)
+// Delete a DELETE … WHERE rev = $expected. Each write has an id of its own
+// (wid), a random number from 1 to 2^63-1, which Create and Update store
+// as the row's wid and as its new revision: a revision is thus unique
+// among all the records the table ever held (two writes draw the same id
+// with a probability of 2^-63), so that a compare-and-set cannot match a
+// record that replaced the one the engine read (as a counter per key
+// could, after a delete). The writer knows the revision before it sends
+// the write: no sequence to take it from, no RETURNING to bring it back.
+// (Earlier versions took revisions from the table's sequence, which the
+// schema keeps so that their engines can share the table: their rows'
+// revisions are not their wids, and theirs are as unique.)
+//
+// A write whose answer was lost (the connection broke, the server
+// restarted) may or may not be committed: the store sends it again, and
+// recognises it by its wid if it was. Sent again, it cannot apply twice:
+// the first, if committed, changed the revision the second expects. (A
+// first sending that is still running on the server when the second is
+// sent is waited for by the second, on the row's lock or on the key's
+// unique index.)
 //
 // A write whose outcome is still unknown when its call gives up (after
 // Options.Timeout, or when the caller's context ends) returns an error and
@@ -89,15 +98,15 @@ func newStatements(n names) statements {
 		// no row comes back, and the engine reads the key.)
 		create: `WITH ins AS (
 				INSERT INTO ` + t + ` (key, rev, wid, expires, record)
-				VALUES ($1, nextval('` + n.rev + `'), $2, $3, $4)
+				VALUES ($1, $2, $2, $3, $4)
 				ON CONFLICT (key) DO NOTHING
 				RETURNING rev
 			)
 			SELECT true, rev, $2::bigint, NULL::bytea FROM ins
 			UNION ALL
 			SELECT false, rev, wid, record FROM ` + t + ` WHERE key = $1 AND NOT EXISTS (SELECT FROM ins)`,
-		update: `UPDATE ` + t + ` SET rev = nextval('` + n.rev + `'), wid = $3, expires = $4, record = $5, watched = false
-			WHERE key = $1 AND rev = $2 RETURNING rev`,
+		update: `UPDATE ` + t + ` SET rev = $3, wid = $3, expires = $4, record = $5, watched = false
+			WHERE key = $1 AND rev = $2`,
 		del:    `DELETE FROM ` + t + ` WHERE key = $1 AND rev = $2`,
 		delAny: `DELETE FROM ` + t + ` WHERE key = $1`,
 		reread: `SELECT rev, wid FROM ` + t + ` WHERE key = $1`,
@@ -307,9 +316,9 @@ type write struct {
 	op      op
 	key     []byte
 	data    []byte // the record, encoded (create, update)
-	expires int64
+	expires int64  // the row's expires column: see sweepAt
 	expect  uint64 // the revision the record must be at (update, delete; 0 for any)
-	wid     int64
+	wid     int64  // the write's id, and the revision it stores (create, update)
 	// claim is set for an in-flight marker of this engine: if it turns
 	// out stored after its call gave up, it is taken back (see resolve).
 	claim bool
@@ -327,14 +336,32 @@ type write struct {
 
 // newWrite returns a write of key, with a fresh write id.
 func (s *store) newWrite(o op, key string) *write {
-	return &write{op: o, key: []byte(key), wid: rand.Int64()}
+	return &write{op: o, key: []byte(key), wid: rand.Int64N(math.MaxInt64) + 1}
+}
+
+// sweepAt returns the expires column of a record that expires at expires
+// (Unix ns): that time rounded up to a whole second, for the sweeper alone
+// (the engines decide on the record's own expiry). Rounded, a claim and
+// the result that replaces it a moment later mostly have the same value,
+// so the result's UPDATE changes no indexed column: PostgreSQL can make it
+// a heap-only (HOT) update, with no new entries in the indexes; and the
+// sweeper deletes a row less than a second after it expired, never before.
+func sweepAt(expires int64) int64 {
+	const second = int64(time.Second)
+	if r := expires % second; r > 0 {
+		if expires > math.MaxInt64-(second-r) {
+			return math.MaxInt64
+		}
+		return expires + second - r
+	}
+	return expires // whole seconds, and before 1970, unchanged
 }
 
 // recordWrite returns the write of rec as key's record.
 func (s *store) recordWrite(o op, key string, rec *idem.StoredRecord, w idem.Write) *write {
 	wr := s.newWrite(o, key)
 	wr.data = idem.AppendRecord(nil, rec)
-	wr.expires = rec.Expires
+	wr.expires = sweepAt(rec.Expires)
 	if w == idem.WriteClaim && rec.State == idem.StateInFlight {
 		switch rec.Owner {
 		case s.owner:
@@ -388,13 +415,12 @@ func (s *store) attempt(ctx context.Context, w *write) (uint64, error) {
 		}
 		return 0, &idem.ConflictError{Record: rec, Rev: uint64(rev)}
 	case opUpdate:
-		var rev int64
-		err := conn.QueryRow(ctx, s.sql.update, w.key, int64(w.expect), w.wid, w.expires, w.data).Scan(&rev)
+		tag, err := conn.Exec(ctx, s.sql.update, w.key, int64(w.expect), w.wid, w.expires, w.data)
 		switch {
-		case err == nil:
-			return uint64(rev), nil
-		case !errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
 			return 0, err
+		case tag.RowsAffected() > 0:
+			return uint64(w.wid), nil
 		case !w.sent:
 			return 0, errConflict
 		}

@@ -77,7 +77,7 @@ func testStoreOperations(t *testing.T, srv *pgtest.Server) {
 	// compare-and-set of an old revision cannot match it.
 	rev3, err := b.Create(ctx, "k", rec, idem.WriteClaim)
 	require.NoError(t, err)
-	require.Greater(t, rev3, rev2)
+	require.NotContains(t, []uint64{0, rev, rev2}, rev3)
 	require.ErrorIs(t, a.Delete(ctx, "k", rev, idem.WriteForget), idem.ErrStoreConflict)
 	// Unconditional deletes, of a record and of nothing.
 	require.NoError(t, a.Delete(ctx, "k", 0, idem.WriteForget))
@@ -369,14 +369,15 @@ func testStoreSweep(t *testing.T, srv *pgtest.Server) {
 	rec := func(expires int64) idem.StoredRecord {
 		return idem.StoredRecord{State: idem.StateCompleted, Created: 1, Expires: expires, Value: []byte("v")}
 	}
+	const sec = int64(time.Second)
 	for i := range 7 {
-		_, err := st.Create(ctx, string(rune('a'+i)), rec(int64(100+i)), idem.WriteResult) // a..g expire at 100..106
+		_, err := st.Create(ctx, string(rune('a'+i)), rec(int64(100+i)*sec), idem.WriteResult) // a..g expire at 100..106 s
 		require.NoError(t, err)
 	}
-	n, err := s.Sweep(ctx, 99)
+	n, err := s.Sweep(ctx, 100*sec-1)
 	require.NoError(t, err)
 	require.Zero(t, n)
-	n, err = s.Sweep(ctx, 102) // a, b, c
+	n, err = s.Sweep(ctx, 102*sec) // a, b, c
 	require.NoError(t, err)
 	require.Equal(t, 3, n)
 
@@ -386,11 +387,11 @@ func testStoreSweep(t *testing.T, srv *pgtest.Server) {
 	defer tx.Rollback(context.Background())
 	_, err = tx.Exec(ctx, `SELECT 1 FROM `+table+` WHERE key = $1 FOR UPDATE`, []byte("d"))
 	require.NoError(t, err)
-	n, err = s.Sweep(ctx, 104) // e; d is skipped
+	n, err = s.Sweep(ctx, 104*sec) // e; d is skipped
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	require.NoError(t, tx.Rollback(ctx))
-	n, err = s.Sweep(ctx, 104) // d
+	n, err = s.Sweep(ctx, 104*sec) // d
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	var left []string
@@ -400,6 +401,21 @@ func testStoreSweep(t *testing.T, srv *pgtest.Server) {
 	})
 	require.NoError(t, err)
 	require.Equal(t, []string{"f", "g"}, left)
+
+	// The sweeper's column is the expiry rounded up to a whole second
+	// (see sweepAt): a record is deleted within a second after it
+	// expired, never before.
+	_, err = st.Create(ctx, "h", rec(107*sec+1), idem.WriteResult)
+	require.NoError(t, err)
+	var column int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT expires FROM `+table+` WHERE key = $1`, []byte("h")).Scan(&column))
+	require.Equal(t, 108*sec, column)
+	n, err = s.Sweep(ctx, 107*sec+1) // f and g; h has just expired, but its row is left
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	n, err = s.Sweep(ctx, 108*sec) // h
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
 
 	// Heartbeats: one dead for two days goes, one dead for an hour stays.
 	_, err = pool.Exec(ctx, `INSERT INTO `+table+`_engines (owner, expires) VALUES
