@@ -59,6 +59,12 @@ const latencySample = 4096
 //   - replay/idem: Do on keys already stored (pgReplayKeys, in random
 //     order).
 //   - replay/floor: what a replay needs at least: a SELECT of the key's row.
+//   - replay/floor-timeout: the same SELECT with a context that ends after
+//     idempg.DefaultTimeout, as the store gives each of its statements (to
+//     bound it by Options.Timeout), and as a service gives its own queries
+//     (a request's context): pgx watches such a context (context.AfterFunc)
+//     for the statement's duration, which the floor's Background context
+//     spares it.
 func BenchmarkPG(b *testing.B) {
 	pool := benchPool(b)
 	ctx := context.Background()
@@ -144,12 +150,25 @@ func BenchmarkPG(b *testing.B) {
 				})
 			}
 		})
+		// The engine's own table: the same rows.
+		sel := `SELECT rev, record FROM ` + table + ` WHERE key = $1`
 		b.Run("floor", func(b *testing.B) {
-			// The engine's own table: the same rows.
-			sel := `SELECT rev, record FROM ` + table + ` WHERE key = $1`
 			for _, callers := range pgCallers {
 				b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 					runTimed(b, callers, func(ctx context.Context, i int64) error {
+						var rev int64
+						var rec []byte
+						return pool.QueryRow(ctx, sel, []byte(keys[randIndex(i, len(keys))])).Scan(&rev, &rec)
+					})
+				})
+			}
+		})
+		b.Run("floor-timeout", func(b *testing.B) {
+			for _, callers := range pgCallers {
+				b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+					runTimed(b, callers, func(ctx context.Context, i int64) error {
+						ctx, cancel := context.WithTimeout(ctx, idempg.DefaultTimeout)
+						defer cancel()
 						var rev int64
 						var rec []byte
 						return pool.QueryRow(ctx, sel, []byte(keys[randIndex(i, len(keys))])).Scan(&rev, &rec)
