@@ -69,6 +69,10 @@ func (t *TestStore) ResolveClaim(key string, rec idem.StoredRecord, rev uint64) 
 	t.s.resolveLater(w)
 }
 
+// CallsInProgress returns the number of the store's calls that its
+// watchdog keeps (see bound.go): those that have not ended.
+func (t *TestStore) CallsInProgress() int { return t.s.bounds.inProgress() }
+
 // Close closes the store.
 func (t *TestStore) Close() error { return t.s.Close() }
 

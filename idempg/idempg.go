@@ -79,8 +79,14 @@ type Options struct {
 	// that fails without effect (the server restarting, no connection to
 	// be had, a serialization failure) is retried until it succeeds or
 	// Timeout has passed (or the caller's context ends), and Do then
-	// returns an error. It bounds Open's work too. If 0, DefaultTimeout
-	// (20 s).
+	// returns an error matching context.DeadlineExceeded. The store checks
+	// its operations every Timeout/16 (at most once a millisecond) rather
+	// than give each a timer of its own, which costs a wakeup of an idle
+	// thread per operation: a statement is interrupted up to that long
+	// after Timeout has passed (and then as soon as pgx can interrupt
+	// it); an operation whose caller's context has an earlier deadline
+	// runs on that context alone. It bounds Open's work too. If 0,
+	// DefaultTimeout (20 s).
 	Timeout time.Duration
 
 	// SweepBatch is the most expired records one statement of a sweep

@@ -46,12 +46,18 @@ import (
 // table's channel once it has marked the engine's heartbeat dead.
 const closedPayload = "closed"
 
-// start starts the store's goroutines: the heartbeat and the listener.
+// start starts the store's goroutines: the heartbeat, the listener and the
+// watchdog of the calls in progress (see bound.go).
 func (s *store) start() {
 	s.bgCtx, s.stopBg = context.WithCancel(context.Background())
-	s.bg.Add(2)
+	s.bg.Add(3)
 	go s.heartbeat()
 	go s.listen()
+	s.bounds.start()
+	go func() {
+		defer s.bg.Done()
+		s.bounds.run(s.bgCtx.Done())
+	}()
 }
 
 // connect opens a connection of the store's own, with the pool's

@@ -65,6 +65,7 @@ type store struct {
 	batch   int
 	log     *slog.Logger
 	sql     statements
+	bounds  *bounds // the calls in progress, for Options.Timeout
 
 	bgCtx  context.Context // ends at Close
 	stopBg context.CancelFunc
@@ -152,6 +153,7 @@ func newStore(pool *pgxpool.Pool, o *Options, log *slog.Logger) *store {
 		batch:   o.SweepBatch,
 		log:     log,
 		sql:     newStatements(n),
+		bounds:  newBounds(o.Timeout),
 		waiters: make(map[int64]map[chan struct{}]bool),
 	}
 }
@@ -168,9 +170,9 @@ func (s *store) Info() idem.StoreInfo {
 	return idem.StoreInfo{Owner: s.owner, Shared: true}
 }
 
-// call bounds a store operation by Options.Timeout.
+// call bounds a store operation by Options.Timeout: see bound.go.
 func (s *store) call(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.timeout)
+	return s.bounds.bound(ctx)
 }
 
 // What an error says of the statement that returned it.
@@ -227,7 +229,8 @@ func classify(err error) errKind {
 }
 
 // pause waits before attempt (from 1), for longer each time up to a
-// second, and reports whether ctx is still alive.
+// second, and reports whether ctx is still alive (asking its Err, which
+// ends a store call past its deadline: see boundCtx).
 func pause(ctx context.Context, attempt int) bool {
 	t := time.NewTimer(min(5*time.Millisecond<<min(attempt, 8), time.Second))
 	defer t.Stop()
@@ -235,7 +238,7 @@ func pause(ctx context.Context, attempt int) bool {
 	case <-ctx.Done():
 		return false
 	case <-t.C:
-		return true
+		return ctx.Err() == nil
 	}
 }
 

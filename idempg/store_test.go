@@ -27,6 +27,50 @@ func TestStore(t *testing.T) {
 	t.Run("Liveness", func(t *testing.T) { testStoreLiveness(t, srv) })
 	t.Run("ResolveClaims", func(t *testing.T) { testResolveClaims(t, srv) })
 	t.Run("Sweep", func(t *testing.T) { testStoreSweep(t, srv) })
+	t.Run("Timeout", func(t *testing.T) { testStoreTimeout(t, srv) })
+}
+
+// A statement that cannot finish (a row lock held by another transaction)
+// ends after Options.Timeout with an error matching
+// context.DeadlineExceeded, not before, and the store forgets the call: it
+// is the store's watchdog that ends it (see bound.go), the caller's
+// context having no deadline.
+func testStoreTimeout(t *testing.T, srv *pgtest.Server) {
+	ctx := testCtx(t)
+	const table = "storetimeout"
+	const timeout = 300 * time.Millisecond
+	pool := srv.Pool(t, nil)
+	s := openTestStore(t, pool, idempg.Options{Table: table, Timeout: timeout})
+	st := s.Store()
+	rev, err := st.Create(ctx, "k", marker(7), idem.WriteClaim)
+	require.NoError(t, err)
+
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(context.Background())
+	_, err = tx.Exec(ctx, `SELECT 1 FROM `+table+` WHERE key = $1 FOR UPDATE`, []byte("k"))
+	require.NoError(t, err)
+
+	begun := time.Now()
+	updated := make(chan error, 1)
+	go func() {
+		_, err := st.Update(context.Background(), "k", marker(7), rev, idem.WriteResult)
+		updated <- err
+	}()
+	// The call is the watchdog's while it waits for the lock.
+	require.Eventually(t, func() bool { return s.CallsInProgress() == 1 }, testTimeout, time.Millisecond)
+	err = <-updated
+	took := time.Since(begun)
+	t.Logf("an update behind a row lock, with Timeout %v: %v after %v", timeout, err, took)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.GreaterOrEqual(t, took, timeout)
+	require.Zero(t, s.CallsInProgress())
+
+	// The lock gone, the key is as the update left it: stored or not.
+	require.NoError(t, tx.Rollback(ctx))
+	_, _, err = st.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Zero(t, s.CallsInProgress())
 }
 
 // Create, Update and Delete are compare-and-sets on the record's revision,
