@@ -123,7 +123,7 @@
 // claim and the result that replaces it within the same second have the
 // same value, so the result's UPDATE changes no indexed column and
 // PostgreSQL makes it a heap-only (HOT) update, which adds no index
-// entries (in BENCHMARKS.md's run, 96% of the completions were).
+// entries (in BENCHMARKS.md's runs, 90 to 97% of the completions were).
 //
 // Deleted rows and the old versions of updated ones (every record is
 // written twice: the claim, then the result) are dead tuples that
